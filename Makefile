@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine with Python 3.11 and make:
+#   make demo   creates .venv, installs tandem, runs `tandem demo`
+#   make test   installs the dev extras, runs lint, types and the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# the demo keeps its registry inside the checkout unless TANDEM_HOME says otherwise
+export TANDEM_HOME ?= $(CURDIR)/.tandem
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/tandem demo
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_quality.py
+
+clean:
+	rm -rf $(VENV) .tandem .pytest_cache .mypy_cache .ruff_cache

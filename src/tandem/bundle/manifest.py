@@ -1,0 +1,123 @@
+"""The Bundle manifest: what a frozen model takes, gives, is, and how it was made.
+
+``manifest.json`` is the Bundle's table of contents. The fields the Predictor relies on are
+typed attributes; descriptive content (metrics, reference statistics, training profile,
+leaderboard, lineage) lives in ``details`` and is shown, not interpreted, by inference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tandem.data.schema import ColumnSpec, Task
+from tandem.errors import BundleError
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "FileEntry", "Manifest"]
+
+FORMAT = "tandem.bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPH = "model.onnx"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """Everything ``manifest.json`` holds.
+
+    Attributes:
+        inputs: the input signature, one typed column per graph input, in graph order.
+        classes: class labels in the order of the probability columns (classification), else ().
+        files: every file of the Bundle besides the manifest, with its SHA-256 and size.
+        details: metrics, data fingerprint, reference statistics, training profile, lineage.
+    """
+
+    name: str
+    version: int
+    created_at: str
+    task: Task
+    family: str
+    target: str
+    inputs: tuple[ColumnSpec, ...]
+    classes: tuple[Any, ...] = ()
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output(self) -> Literal["probabilities", "value"]:
+        """Name of the graph output: class probabilities, or a (n, 1) value for regression."""
+        return "probabilities" if self.task == "classification" else "value"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "created_at": self.created_at,
+            "task": self.task,
+            "family": self.family,
+            "target": self.target,
+            "inputs": [c.to_json() for c in self.inputs],
+            "outputs": {"name": self.output, "classes": list(self.classes)},
+            "files": {
+                k: {"sha256": v.sha256, "bytes": v.bytes} for k, v in sorted(self.files.items())
+            },
+            **self.details,
+        }
+
+    def dumps(self) -> bytes:
+        return json.dumps(self.to_json(), indent=2, sort_keys=False, allow_nan=False).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes, where: str) -> Manifest:
+        try:
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(
+                f"{where}/{MANIFEST} is not valid JSON ({exc}); the Bundle is damaged: re-register the model"
+            ) from exc
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise BundleError(f"{where}/{MANIFEST} is not a tandem Bundle manifest")
+        if obj.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"{where} has Bundle format version {obj.get('format_version')}; this tandem reads version "
+                f"{FORMAT_VERSION}: upgrade tandem to load it"
+            )
+        known = {
+            "format",
+            "format_version",
+            "name",
+            "version",
+            "created_at",
+            "task",
+            "family",
+            "target",
+            "inputs",
+            "outputs",
+            "files",
+        }
+        try:
+            return cls(
+                name=obj["name"],
+                version=int(obj["version"]),
+                created_at=obj["created_at"],
+                task=obj["task"],
+                family=obj["family"],
+                target=obj["target"],
+                inputs=tuple(ColumnSpec.from_json(c) for c in obj["inputs"]),
+                classes=tuple(obj["outputs"]["classes"]),
+                files={k: FileEntry(v["sha256"], int(v["bytes"])) for k, v in obj["files"].items()},
+                details={k: v for k, v in obj.items() if k not in known},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(
+                f"{where}/{MANIFEST} lacks or mangles the field {exc}; the Bundle is damaged"
+            ) from exc

@@ -1,0 +1,360 @@
+"""The ``tandem`` command: parses, calls the Python API, renders with Rich.
+
+Exit codes: 0 success, 1 failure, 2 bad usage or input. Errors print one line, no traceback
+(set ``TANDEM_DEBUG=1`` to see it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tandem.errors import TandemError, UsageError
+from tandem.registry import ModelVersion, Registry, parse_ref
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, freeze, register and serve ML models; measure what each phase costs.",
+)
+models_app = typer.Typer(
+    help="List, show and delete registered models.", invoke_without_command=True
+)
+app.add_typer(models_app, name="models")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=1)
+
+        def update(event: Any) -> None:
+            bar.update(task, total=event.total, completed=event.step, description=event.message)
+
+        yield update
+
+
+def _leaderboard(result: Any) -> Table:
+    metric = "accuracy" if result.task == "classification" else "r2"
+    table = Table(title=f"leaderboard ({metric}; picked on validation)")
+    for col in ("family", f"validation {metric}", f"test {metric}", "seconds", ""):
+        table.add_column(col)
+    for c in result.leaderboard:
+        if c.error:
+            table.add_row(c.family, "failed", c.error[:60], f"{c.seconds:.1f}", "")
+        else:
+            table.add_row(
+                c.family,
+                f"{c.validation[metric]:.4f}",
+                f"{c.test[metric]:.4f}",
+                f"{c.seconds:.1f}",
+                "← chosen" if c.chosen else "",
+            )
+    return table
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="CSV, Parquet or JSONL file, or a folder of parts.")],
+    target: Annotated[str, typer.Option(help="The column to predict.")],
+    name: Annotated[str, typer.Option(help="Registry name of the model.")],
+    task: Annotated[str, typer.Option(help="auto, classification or regression.")] = "auto",
+    model: Annotated[str, typer.Option(help="auto, linear, gbdt or mlp.")] = "auto",
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds for fitting, shared by the candidates.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the models.")] = 0,
+    ignore: Annotated[
+        list[str] | None, typer.Option(help="A column that is not a feature (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a model on DATA, freeze it into a Bundle and register it as a new version."""
+    from tandem.training.train import train as run_train
+
+    with _progress(not as_json) as update:
+        result = run_train(
+            data,
+            target=target,
+            name=name,
+            task=cast(Any, task),
+            model=cast(Any, model),
+            time_budget=time_budget,
+            seed=seed,
+            ignore=ignore or (),
+            on_progress=update,
+        )
+    if as_json:
+        _print_json(
+            {
+                "model": result.version.ref,
+                "task": result.task,
+                "family": result.family,
+                "metrics": result.version.metrics,
+                "leaderboard": [c.to_json() for c in result.leaderboard],
+                "profile": result.profile.to_json(),
+                "parity_max_abs": result.parity_max_abs,
+            }
+        )
+        return
+    out.print(_leaderboard(result))
+    p = result.profile
+    out.print(
+        f"registered [bold]{result.version.ref}[/] ({result.family}, {result.task}) in {p.wall_seconds:.1f} s wall, {p.cpu_seconds:.1f} CPU s, peak {p.peak_rss_mb:.0f} MB"
+    )
+
+
+def _version_json(v: ModelVersion) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        "version": v.version,
+        "created_at": v.created_at.isoformat(),
+        "task": v.task,
+        "family": v.family,
+        "metrics": v.metrics,
+        "aliases": list(v.aliases),
+        "tags": v.tags,
+        "data_fingerprint": v.data_fingerprint,
+        "parent_version": v.parent_version,
+        "path": str(v.path),
+    }
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List registered models (with no sub-command)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with Registry() as reg:
+        summaries = reg.list_models()
+    if as_json:
+        _print_json(
+            [
+                {
+                    "name": s.name,
+                    "latest_version": s.latest_version,
+                    "versions": s.n_versions,
+                    "aliases": s.aliases,
+                    "updated_at": s.updated_at.isoformat(),
+                }
+                for s in summaries
+            ]
+        )
+        return
+    if not summaries:
+        out.print(
+            "no models registered yet: train one with `tandem train DATA --target COL --name NAME`"
+        )
+        return
+    table = Table(title="models")
+    for col in ("name", "latest", "versions", "aliases", "updated"):
+        table.add_column(col)
+    for s in summaries:
+        aliases = ", ".join(f"@{a}→{v}" for a, v in sorted(s.aliases.items()))
+        table.add_row(
+            s.name,
+            str(s.latest_version),
+            str(s.n_versions),
+            aliases,
+            s.updated_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one model version: metrics, signature, lineage, files."""
+    from tandem.bundle import load_bundle
+
+    with Registry() as reg:
+        version = reg.get(ref)
+        others = reg.list_versions(version.name)
+    manifest = load_bundle(version.path, expected_digest=version.digest).manifest
+    if as_json:
+        _print_json({**_version_json(version), "manifest": manifest.to_json()})
+        return
+    table = Table(title=f"{version.ref}", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("created", version.created_at.isoformat(timespec="seconds"))
+    table.add_row(
+        "task / family", f"{version.task} / {version.family}  (target '{manifest.target}')"
+    )
+    table.add_row("aliases", ", ".join(version.aliases) or "-")
+    table.add_row("test metrics", ", ".join(f"{k} {v:.4f}" for k, v in version.metrics.items()))
+    table.add_row("inputs", ", ".join(f"{c.name}:{c.kind}" for c in manifest.inputs))
+    if manifest.classes:
+        table.add_row("classes", ", ".join(map(str, manifest.classes)))
+    table.add_row(
+        "data", f"{version.data_fingerprint}  rows {manifest.details.get('data', {}).get('rows')}"
+    )
+    prof = manifest.details.get("training", {}).get("profile", {})
+    if prof:
+        table.add_row(
+            "training",
+            f"{prof['wall_seconds']:.1f} s wall, {prof['cpu_seconds']:.1f} CPU s, peak {prof['peak_rss_mb']:.0f} MB",
+        )
+    table.add_row("parent", str(version.parent_version or "-"))
+    table.add_row("tags", ", ".join(f"{k}={v}" for k, v in version.tags.items()) or "-")
+    table.add_row("bundle", f"{version.path}  (verified, manifest sha256 {version.digest[:12]}…)")
+    table.add_row(
+        "versions",
+        ", ".join(
+            f"{v.version}" + (f" ({', '.join('@' + a for a in v.aliases)})" if v.aliases else "")
+            for v in others
+        ),
+    )
+    out.print(table)
+
+
+def _name_version(ref: str) -> tuple[str, int]:
+    parsed = parse_ref(ref)
+    if parsed.version is None:
+        raise UsageError(f"'{ref}' names no version: write NAME:VERSION, e.g. {parsed.name}:1")
+    return parsed.name, parsed.version
+
+
+@models_app.command("delete")
+def models_delete(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION to delete.")],
+    force: Annotated[
+        bool, typer.Option(help="Delete even if an alias points at it (the alias goes too).")
+    ] = False,
+) -> None:
+    """Delete one version and its Bundle."""
+    name, version = _name_version(ref)
+    with Registry() as reg:
+        reg.delete_version(name, version, force=force)
+    out.print(f"deleted {name}:{version}")
+
+
+@app.command()
+def promote(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION to point the alias at.")],
+    alias: Annotated[str, typer.Option(help="Alias to set or move, e.g. champion.")],
+) -> None:
+    """Point NAME@ALIAS at a version (set it, or move it)."""
+    name, version = _name_version(ref)
+    with Registry() as reg:
+        reg.set_alias(name, version, alias)
+    out.print(f"{name}@{alias} → {name}:{version}")
+
+
+@app.command()
+def predict(
+    ref: Annotated[
+        str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a Bundle directory.")
+    ],
+    input: Annotated[Path, typer.Option("--input", help="CSV, Parquet or JSONL rows to score.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Write predictions here (.csv, .parquet or .jsonl).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict INPUT's rows with a registered model."""
+    from tandem.data.readers import read_table
+    from tandem.data.writers import write_table
+    from tandem.inference import load
+
+    if output is not None and output.exists():
+        raise UsageError(
+            f"'{output}' already exists: choose a new --output path or remove the file"
+        )
+    predictor = load(ref)
+    predictions = predictor.predict(read_table(input))
+    if output is not None:
+        write_table(predictions, output)
+        if not as_json:
+            out.print(f"wrote {predictions.num_rows:,} predictions to {output}")
+    if as_json:
+        _print_json(
+            predictions.to_pylist()
+            if output is None
+            else {"rows": predictions.num_rows, "output": str(output)}
+        )
+        return
+    if output is None:
+        shown = min(predictions.num_rows, 20)
+        table = Table(
+            title=f"{predictor.manifest.name}:{predictor.manifest.version} — first {shown} of {predictions.num_rows:,} rows (use --output for all)"
+        )
+        for col in predictions.column_names:
+            table.add_column(col)
+        for row in predictions.slice(0, shown).to_pylist():
+            table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        out.print(table)
+
+
+@app.command()
+def demo(
+    time_budget: Annotated[
+        float, typer.Option(help="Seconds of fitting for the auto search.")
+    ] = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train on old weather, predict new weather, and compare the two phases."""
+    from tandem.demo import run_demo
+
+    with _progress(not as_json) as update:
+        result = run_demo(time_budget=time_budget, on_progress=update)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    out.print(_leaderboard(result.training))
+    table = Table(title=f"training vs inference — {result.training.version.ref}")
+    for col in ("", "training", "inference"):
+        table.add_column(col)
+    for row in result.table():
+        table.add_row(*row)
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``tandem`` script."""
+    try:
+        # standalone mode: Typer reports usage errors itself (exit code 2) and exits
+        app(args=argv, prog_name="tandem")
+    except TandemError as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("TANDEM_DEBUG"):
+            raise
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (set TANDEM_DEBUG=1 for the traceback)",
+            highlight=False,
+        )
+        sys.exit(1)

@@ -1,0 +1,165 @@
+"""The Predictor: a verified Bundle behind the five inference steps.
+
+    preprocess   rows (DataFrame, Arrow table, list of dicts, dict of columns, one dict)
+                 -> raw columns; checks every signature column is present
+    encode       raw columns -> typed (n, 1) arrays, one per graph input (double or string)
+    forward      ONNX Runtime runs preprocessing + model in one graph
+    decode       probabilities -> label + per-class probabilities; values -> prediction
+    postprocess  decoded columns -> the same kind of container the rows came in
+
+Only numpy, pyarrow and onnxruntime are imported here: no torch, scikit-learn or LightGBM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tandem.bundle import Bundle, Manifest
+from tandem.data.schema import coerce_column
+from tandem.errors import SchemaError
+from tandem.inference.runtime import make_session
+
+__all__ = ["Predictor"]
+
+Columns = dict[str, Any]
+
+
+class Predictor:
+    """Runs a Bundle on new rows.
+
+    Example:
+        >>> import tandem
+        >>> p = tandem.load("rain@champion")  # doctest: +SKIP
+        >>> p.predict([{"temperature": 0.3, "dew point": -1.2, ...}])  # doctest: +SKIP
+        [{'label': 1, 'proba_0': 0.31, 'proba_1': 0.69}]
+    """
+
+    def __init__(self, bundle: Bundle, *, threads: int | None = None) -> None:
+        self.bundle = bundle
+        self.manifest: Manifest = bundle.manifest
+        self._session = make_session(bundle.graph, threads=threads)
+        self._outputs = [self.manifest.output]
+        self._classes = np.asarray(self.manifest.classes) if self.manifest.classes else None
+        self.output_columns = (
+            ["label", *(f"proba_{c}" for c in self.manifest.classes)]
+            if self._classes is not None
+            else ["prediction"]
+        )
+
+    # -- the five steps ---------------------------------------------------------------------
+
+    def preprocess(self, rows: Any) -> Columns:
+        """Pull the signature's columns out of ``rows``; extra columns are ignored."""
+        names = [c.name for c in self.manifest.inputs]
+        if isinstance(rows, pa.Table | pa.RecordBatch):
+            have = set(rows.schema.names)
+            get = rows.column
+        elif _is_dataframe(rows):
+            have = set(rows.columns)
+            get = lambda n: rows[n].to_numpy()  # noqa: E731
+        elif isinstance(rows, Mapping):
+            if not _is_columnar(rows):
+                return self.preprocess([rows])
+            have = set(rows)
+            get = rows.__getitem__
+        elif isinstance(rows, Sequence) and not isinstance(rows, str | bytes):
+            if not all(isinstance(r, Mapping) for r in rows):
+                raise SchemaError(
+                    "rows must be mappings of column name to value, e.g. [{'age': 41, ...}]"
+                )
+            missing_per_row = [i for i, r in enumerate(rows) if not all(n in r for n in names)]
+            if missing_per_row:
+                i = missing_per_row[0]
+                raise SchemaError(
+                    f"row {i} lacks column(s) {[n for n in names if n not in rows[i]]}; every row needs {names}"
+                )
+            return {n: [r[n] for r in rows] for n in names}
+        else:
+            raise SchemaError(
+                f"cannot predict on a {type(rows).__name__}: pass a pandas DataFrame, a pyarrow Table, "
+                "a list of dicts, or a dict of columns"
+            )
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise SchemaError(f"missing column(s) {missing}: the model needs {names}")
+        return {n: get(n) for n in names}
+
+    def encode(self, columns: Columns) -> dict[str, np.ndarray]:
+        """Typed graph inputs of shape (n, 1): float64 or str objects."""
+        feed = {
+            c.name: coerce_column(c, columns[c.name]).reshape(-1, 1) for c in self.manifest.inputs
+        }
+        lengths = {len(v) for v in feed.values()}
+        if len(lengths) > 1:
+            raise SchemaError(
+                f"columns have different lengths {sorted(lengths)}: every column needs one value per row"
+            )
+        return feed
+
+    def forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Probabilities (n, n_classes) or values (n, 1), float64."""
+        result: np.ndarray = self._session.run(self._outputs, feed)[0]
+        return result
+
+    def decode(self, output: np.ndarray) -> dict[str, np.ndarray]:
+        """Output columns in :attr:`output_columns` order."""
+        if self._classes is None:
+            return {"prediction": output[:, 0]}
+        decoded = {"label": self._classes[output.argmax(axis=1)]}
+        decoded.update((name, output[:, i]) for i, name in enumerate(self.output_columns[1:]))
+        return decoded
+
+    def postprocess(self, decoded: dict[str, np.ndarray], rows: Any) -> Any:
+        """Decoded columns in the container kind of ``rows``."""
+        if isinstance(rows, pa.Table | pa.RecordBatch):
+            return pa.table(decoded)
+        if _is_dataframe(rows):
+            return type(rows)(decoded, index=rows.index)
+        if isinstance(rows, Mapping):
+            if _is_columnar(rows):
+                return decoded
+            return _records(decoded)[0]
+        return _records(decoded)
+
+    # -- all of them --------------------------------------------------------------------------
+
+    def predict(self, rows: Any) -> Any:
+        """Predictions for ``rows``, in the same kind of container.
+
+        Args:
+            rows: a DataFrame, Arrow table, list of dicts, dict of columns (n values each) or one
+                dict (one row). Columns outside the signature are ignored.
+
+        Returns:
+            columns ``label`` and ``proba_<class>`` per class for classification, or
+            ``prediction`` for regression, row for row.
+        """
+        return self.postprocess(self.decode(self.forward(self.encode(self.preprocess(rows)))), rows)
+
+    def predict_columns(self, columns: Columns) -> dict[str, np.ndarray]:
+        """The fast path: a dict of columns in, a dict of numpy columns out."""
+        return self.decode(self.forward(self.encode(self.preprocess(columns))))
+
+
+def _is_dataframe(obj: Any) -> bool:
+    return type(obj).__module__.startswith("pandas") and hasattr(obj, "columns")
+
+
+def _is_columnar(mapping: Mapping[str, Any]) -> bool:
+    return any(
+        isinstance(v, Sequence | np.ndarray | pa.Array | pa.ChunkedArray)
+        and not isinstance(v, str | bytes)
+        for v in mapping.values()
+    )
+
+
+def _records(decoded: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    names = list(decoded)
+    return [
+        dict(zip(names, values, strict=True))
+        for values in zip(*(decoded[n].tolist() for n in names), strict=True)
+    ]

@@ -1,0 +1,77 @@
+"""Meters for a phase of work: wall time, CPU seconds and peak memory.
+
+Later meters (energy, GPU) add fields; every figure says where it came from.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from types import TracebackType
+
+__all__ = ["Meter", "Profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Resources one phase used.
+
+    Attributes:
+        wall_seconds: elapsed time.
+        cpu_seconds: user + system CPU time of this process and its finished children.
+        peak_rss_mb: the process's peak resident memory so far (``getrusage`` maxrss): an upper
+            bound for the phase, since the peak may have been reached before it started.
+    """
+
+    wall_seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    source: str = "getrusage"
+
+    def to_json(self) -> dict[str, float | str]:
+        return asdict(self)
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _peak_mb() -> float:
+    kb = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    # Linux reports kilobytes, macOS bytes
+    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+class Meter:
+    """Context manager measuring the code inside it.
+
+    Example:
+        >>> with Meter() as m:
+        ...     _ = sum(range(1000))
+        >>> m.profile.wall_seconds >= 0
+        True
+    """
+
+    def __enter__(self) -> Meter:
+        self._wall = time.perf_counter()
+        self._cpu = _cpu()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.profile = self.read()
+
+    def read(self) -> Profile:
+        """The figures so far (the meter keeps running)."""
+        return Profile(time.perf_counter() - self._wall, _cpu() - self._cpu, _peak_mb())

@@ -1,0 +1,19 @@
+"""Registry of model versions: names, numbered versions, aliases, tags and lineage.
+
+Example:
+    >>> parse_ref("fraud@champion")
+    ModelRef(name='fraud', version=None, alias='champion')
+"""
+
+from tandem.registry.refs import ModelRef, parse_ref, validate_name
+from tandem.registry.store import ModelSummary, ModelVersion, Registry, VersionRecord
+
+__all__ = [
+    "ModelRef",
+    "ModelSummary",
+    "ModelVersion",
+    "Registry",
+    "VersionRecord",
+    "parse_ref",
+    "validate_name",
+]

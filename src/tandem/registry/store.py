@@ -1,0 +1,535 @@
+"""The model registry: numbered versions of named models, with aliases, tags and lineage.
+
+Metadata lives in a SQL database (a SQLite file under ``TANDEM_HOME`` by default, PostgreSQL
+when ``TANDEM_REGISTRY`` names it); each version's Bundle directory lives at
+``artifacts/<name>/<version>``. A version exists once its row is committed, and its directory
+is moved into place inside that same transaction, so a failure leaves neither behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from tandem.config import Settings
+from tandem.errors import ConfigError, NotFoundError, RegistryError, UsageError
+from tandem.registry.refs import LATEST, ModelRef, parse_ref, validate_alias, validate_name
+
+__all__ = ["SCHEMA_VERSION", "ModelSummary", "ModelVersion", "Registry", "VersionRecord"]
+
+#: version of the table layout, stored in the ``meta`` table for later migrations
+SCHEMA_VERSION = 1
+
+_ATTEMPTS = 5
+_WRITE = "tandem_write"  # execution option: the transaction will write
+
+_metadata = sa.MetaData()
+_models = sa.Table(
+    "models",
+    _metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+_versions = sa.Table(
+    "versions",
+    _metadata,
+    sa.Column("name", sa.String(64), sa.ForeignKey("models.name"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("path", sa.Text, nullable=False, unique=True),  # relative to the artifact folder
+    sa.Column("digest", sa.Text, nullable=False),
+    sa.Column("task", sa.Text, nullable=False),
+    sa.Column("family", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),  # JSON object
+    sa.Column("data_fingerprint", sa.Text, nullable=False),
+    sa.Column("parent_version", sa.Integer),
+    sa.Column("description", sa.Text, nullable=False),
+)
+_aliases = sa.Table(
+    "aliases",
+    _metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("alias", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.ForeignKeyConstraint(["name", "version"], ["versions.name", "versions.version"]),
+)
+_tags = sa.Table(
+    "tags",
+    _metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.ForeignKeyConstraint(["name", "version"], ["versions.name", "versions.version"]),
+)
+_meta = sa.Table(
+    "meta",
+    _metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What the caller of :meth:`Registry.register` tells about the version it just wrote."""
+
+    digest: str
+    task: str
+    family: str
+    metrics: dict[str, float]
+    data_fingerprint: str
+    parent_version: int | None = None
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version; ``path`` is the absolute path of its Bundle directory."""
+
+    name: str
+    version: int
+    created_at: datetime
+    path: Path
+    digest: str
+    task: str
+    family: str
+    metrics: dict[str, float]
+    data_fingerprint: str
+    parent_version: int | None
+    description: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One line of :meth:`Registry.list_models`; ``updated_at`` is the newest version's time."""
+
+    name: str
+    latest_version: int
+    n_versions: int
+    aliases: dict[str, int]
+    updated_at: datetime
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _retry_races(
+    method: Callable[Concatenate[Registry, _P], _R],
+) -> Callable[Concatenate[Registry, _P], _R]:
+    """Run a write again when a concurrent writer won a race for the same key.
+
+    A server database (PostgreSQL) reports such a race as an IntegrityError, e.g. when two
+    transactions insert the first version of a new name. SQLite writers queue on
+    ``BEGIN IMMEDIATE`` and never race, so there an IntegrityError is a real error.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Registry, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        attempt = 1
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except RegistryError as exc:
+                lost_race = isinstance(exc.__cause__, IntegrityError) and not self._sqlite
+                if not lost_race or attempt >= _ATTEMPTS:
+                    raise
+                attempt += 1
+
+    return wrapper
+
+
+class Registry:
+    """Numbered versions of named models, their aliases and tags, and their Bundle folders.
+
+    Example:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> def write(folder: Path, version: int) -> VersionRecord:
+        ...     (folder / "manifest.json").write_text("{}")
+        ...     return VersionRecord(digest="0" * 64, task="classification", family="linear",
+        ...                          metrics={"auc": 0.91}, data_fingerprint="d41d8cd9")
+        >>> with Registry(Settings(home=Path(tmp.name))) as registry:
+        ...     first = registry.register("fraud", write)
+        ...     _ = registry.set_alias("fraud", first.version, "champion")
+        ...     registry.get("fraud@champion").ref
+        'fraud:1'
+        >>> tmp.cleanup()
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._artifacts = self.settings.artifacts.absolute()
+        try:
+            url = sa.make_url(self.settings.registry_url)
+            self._engine = sa.create_engine(url)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise ConfigError(
+                f"cannot open the registry database: {exc}; set TANDEM_REGISTRY to a SQLAlchemy "
+                "URL such as postgresql+psycopg://user@host/db (pip install 'tandem-ml[postgres]')"
+            ) from exc
+        self._where = url.render_as_string(hide_password=True)
+        self._sqlite = url.get_backend_name() == "sqlite"
+        if self._sqlite:
+            if url.database not in (None, "", ":memory:"):
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            sa.event.listen(self._engine, "connect", _sqlite_connect)
+            sa.event.listen(self._engine, "begin", _sqlite_begin)
+        try:
+            self._ensure_schema()
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def close(self) -> None:
+        """Close the pooled database connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @_retry_races
+    def register(self, name: str, write: Callable[[Path, int], VersionRecord]) -> ModelVersion:
+        """Store a new version of ``name``, numbered one past its newest (1 for a new name).
+
+        ``write(folder, version)`` fills the empty ``folder`` with the Bundle and returns its
+        :class:`VersionRecord`. It runs inside the write transaction, so concurrent writers
+        wait for it; if it raises, nothing is registered and its folder is removed. On
+        PostgreSQL it may run again, in a fresh folder, when a concurrent writer won a race.
+        """
+        validate_name(name)
+        staging = self._artifacts / ".staging" / uuid.uuid4().hex
+        placed: Path | None = None
+        try:
+            with self._tx(write=True) as conn:
+                version = _next_version(conn, name)
+                staging.mkdir(parents=True)
+                record = write(staging, version)
+                if not isinstance(record, VersionRecord):
+                    raise UsageError(f"write() returned {record!r}; expected a VersionRecord")
+                for key in record.tags:
+                    validate_name(key, "tag key")
+                row = asdict(record) | {
+                    "name": name,
+                    "version": version,
+                    "path": f"{name}/{version}",
+                    "created_at": datetime.now(UTC),
+                    "metrics": json.dumps(record.metrics),
+                }
+                del row["tags"]
+                placed = self._place(conn, staging, row["path"])
+                conn.execute(insert(_versions).values(row))
+                if record.tags:
+                    keys = [{"key": k, "value": v} for k, v in record.tags.items()]
+                    conn.execute(insert(_tags).values(name=name, version=version), keys)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            if placed is not None:
+                shutil.rmtree(placed, ignore_errors=True)
+                _rmdir_if_empty(placed.parent)
+            raise
+        return self._model_version(row, (), record.tags)
+
+    def get(self, ref: str | ModelRef) -> ModelVersion:
+        """The version ``ref`` names: ``NAME`` or ``NAME@latest`` (the newest), ``NAME:V``,
+        ``NAME@ALIAS``."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        with self._tx() as conn:
+            version = ref.version
+            if ref.alias is not None and ref.alias != LATEST:
+                pointed = select(_aliases.c.version).where(_aliases.c.alias == ref.alias)
+                version = conn.scalar(pointed.where(*_at(_aliases, ref.name)))
+                if version is None:
+                    raise self._no_alias(conn, ref.name, ref.alias)
+            elif version is None:
+                newest = select(func.max(_versions.c.version))
+                version = conn.scalar(newest.where(*_at(_versions, ref.name)))
+                if version is None:
+                    raise self._missing(conn, ref.name)
+            found = self._load(conn, ref.name, version)
+            if not found:
+                raise self._missing(conn, ref.name, version)
+            return found[0]
+
+    def list_models(self) -> list[ModelSummary]:
+        """One summary per registered model, sorted by name."""
+        with self._tx() as conn:
+            aliases: dict[str, dict[str, int]] = defaultdict(dict)
+            held = select(_aliases.c.name, _aliases.c.alias, _aliases.c.version)
+            for name, alias, version in conn.execute(held.order_by("alias")):
+                aliases[name][alias] = version
+            stats = conn.execute(
+                select(
+                    _versions.c.name,
+                    func.max(_versions.c.version),
+                    func.count(),
+                    func.max(_versions.c.created_at),
+                ).group_by(_versions.c.name)
+            ).all()
+        summaries = [
+            ModelSummary(name, latest, count, aliases[name], _utc(updated))
+            for name, latest, count, updated in stats
+        ]
+        return sorted(summaries, key=lambda summary: summary.name)
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name``, newest first."""
+        with self._tx() as conn:
+            found = self._load(conn, name)
+            if not found:
+                raise self._missing(conn, name)
+            return found
+
+    @_retry_races
+    def set_alias(self, name: str, version: int, alias: str) -> ModelVersion:
+        """Point ``name@alias`` at ``version``, moving the alias if it points elsewhere."""
+        validate_alias(alias)
+        with self._tx(write=True) as conn:
+            self._require_version(conn, name, version)
+            conn.execute(delete(_aliases).where(*_at(_aliases, name), _aliases.c.alias == alias))
+            conn.execute(insert(_aliases).values(name=name, alias=alias, version=version))
+            return self._load(conn, name, version)[0]
+
+    @_retry_races
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove ``name@alias``; the version it pointed at stays."""
+        with self._tx(write=True) as conn:
+            doomed = delete(_aliases).where(*_at(_aliases, name), _aliases.c.alias == alias)
+            if not conn.execute(doomed).rowcount:
+                raise self._no_alias(conn, name, alias)
+
+    @_retry_races
+    def set_tag(self, name: str, version: int, key: str, value: str) -> None:
+        """Set (or overwrite) tag ``key`` of a version."""
+        validate_name(key, "tag key")
+        with self._tx(write=True) as conn:
+            self._require_version(conn, name, version)
+            conn.execute(delete(_tags).where(*_at(_tags, name, version), _tags.c.key == key))
+            conn.execute(insert(_tags).values(name=name, version=version, key=key, value=value))
+
+    @_retry_races
+    def delete_tag(self, name: str, version: int, key: str) -> None:
+        """Remove tag ``key`` of a version."""
+        with self._tx(write=True) as conn:
+            self._require_version(conn, name, version)
+            where = _at(_tags, name, version)
+            if not conn.execute(delete(_tags).where(*where, _tags.c.key == key)).rowcount:
+                keys = ", ".join(conn.scalars(select(_tags.c.key).where(*where).order_by("key")))
+                raise NotFoundError(f"{name}:{version} has no tag {key!r}; tags: {keys or 'none'}")
+
+    @_retry_races
+    def delete_version(self, name: str, version: int, *, force: bool = False) -> None:
+        """Remove a version with its aliases, tags and Bundle folder (all or nothing).
+
+        A version that an alias points at is kept unless ``force`` is true; deleting the
+        last version of a model removes the model.
+        """
+        trash = self._artifacts / ".trash" / uuid.uuid4().hex
+        moved: Path | None = None
+        try:
+            with self._tx(write=True) as conn:
+                row = self._require_version(conn, name, version)
+                pointing = select(_aliases.c.alias).where(*_at(_aliases, name, version))
+                held = list(conn.scalars(pointing.order_by("alias")))
+                if held and not force:
+                    raise UsageError(
+                        f"{name}:{version} is the target of alias(es) {', '.join(held)}; move "
+                        f"them first (`tandem promote {name}:VERSION --alias {held[0]}`) or "
+                        f"delete anyway with force=True (`tandem models delete {name}:{version} "
+                        "--force`), which removes them too"
+                    )
+                for table in (_aliases, _tags, _versions):
+                    conn.execute(delete(table).where(*_at(table, name, version)))
+                if not conn.scalar(select(func.count()).where(*_at(_versions, name))):
+                    conn.execute(delete(_models).where(*_at(_models, name)))
+                folder = self._artifacts / row.path
+                if folder.exists():
+                    # renamed now, removed after commit, so a rollback can put it back
+                    _move(folder, trash)
+                    moved = folder
+                    _rmdir_if_empty(folder.parent)
+        except BaseException:
+            if moved is not None:
+                _move(trash, moved)
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _tx(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction; database errors come out as RegistryError."""
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(**{_WRITE: write})
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise RegistryError(f"registry database {self._where} failed: {exc}") from exc
+
+    @_retry_races
+    def _ensure_schema(self) -> None:
+        with self._tx() as conn:
+            found = _schema_version(conn)
+        if found is None:
+            with self._tx(write=True) as conn:
+                _metadata.create_all(conn)
+                found = _schema_version(conn)
+                if found is None:
+                    found = SCHEMA_VERSION
+                    conn.execute(insert(_meta).values(key="schema_version", value=str(found)))
+        if found > SCHEMA_VERSION:
+            raise RegistryError(
+                f"registry database {self._where} has schema version {found}, newer than this "
+                f"tandem understands ({SCHEMA_VERSION}); upgrade tandem"
+            )
+
+    def _place(self, conn: Connection, staging: Path, path: str) -> Path:
+        """Move the written staging folder to ``artifacts/path``; return where it went."""
+        target = self._artifacts / path
+        if target.exists():
+            # a leftover of a crash between the move and the commit, unless a row claims it
+            if conn.scalar(select(_versions.c.name).where(_versions.c.path == path)) is not None:
+                raise RegistryError(f"{target} already belongs to a registered version")
+            shutil.rmtree(target)
+        _move(staging, target)
+        return target
+
+    def _load(self, conn: Connection, name: str, version: int | None = None) -> list[ModelVersion]:
+        """The versions of ``name`` (only ``version`` if given), newest first."""
+        aliases: dict[int, list[str]] = defaultdict(list)
+        held = select(_aliases.c.version, _aliases.c.alias).where(*_at(_aliases, name, version))
+        for number, alias in conn.execute(held.order_by("alias")):
+            aliases[number].append(alias)
+        tags: dict[int, dict[str, str]] = defaultdict(dict)
+        tagged = select(_tags.c.version, _tags.c.key, _tags.c.value)
+        for number, key, value in conn.execute(tagged.where(*_at(_tags, name, version))):
+            tags[number][key] = value
+        rows = select(_versions).where(*_at(_versions, name, version))
+        return [
+            self._model_version(row._mapping, aliases[row.version], tags[row.version])
+            for row in conn.execute(rows.order_by(_versions.c.version.desc()))
+        ]
+
+    def _model_version(
+        self, row: Mapping[Any, Any], aliases: Sequence[str], tags: Mapping[str, str]
+    ) -> ModelVersion:
+        copied = ("name", "version", "digest", "task", "family", "data_fingerprint", "description")
+        return ModelVersion(
+            **{column: row[column] for column in copied},
+            parent_version=row["parent_version"],
+            created_at=_utc(row["created_at"]),
+            path=self._artifacts / row["path"],
+            metrics=json.loads(row["metrics"]),
+            aliases=tuple(aliases),
+            tags=dict(sorted(tags.items())),
+        )
+
+    def _require_version(self, conn: Connection, name: str, version: int) -> Row[Any]:
+        row = conn.execute(select(_versions).where(*_at(_versions, name, version))).first()
+        if row is None:
+            raise self._missing(conn, name, version)
+        return row
+
+    def _missing(self, conn: Connection, name: str, version: int | None = None) -> NotFoundError:
+        """The error for a model, or a version of it, that does not exist, listing what does."""
+        numbers = list(conn.scalars(select(_versions.c.version).where(*_at(_versions, name))))
+        if not numbers:
+            names = sorted(conn.scalars(select(_models.c.name)))
+            return NotFoundError(
+                f"no model named {name!r}; registered models: {', '.join(names) or 'none yet'}"
+            )
+        listed = ", ".join(map(str, sorted(numbers)))
+        return NotFoundError(f"model {name!r} has no version {version}; versions: {listed}")
+
+    def _no_alias(self, conn: Connection, name: str, alias: str) -> NotFoundError:
+        if conn.scalar(select(_models.c.name).where(*_at(_models, name))) is None:
+            return self._missing(conn, name)
+        held = conn.scalars(select(_aliases.c.alias).where(*_at(_aliases, name)).order_by("alias"))
+        return NotFoundError(
+            f"model {name!r} has no alias {alias!r}; aliases: {', '.join(held) or 'none'}; "
+            f"set one with `tandem promote {name}:VERSION --alias {alias}`"
+        )
+
+
+def _at(table: sa.Table, name: str, version: int | None = None) -> list[sa.ColumnElement[bool]]:
+    """WHERE terms selecting the rows of model ``name`` (and ``version``) in ``table``."""
+    terms = [table.c.name == name]
+    return terms if version is None else [*terms, table.c.version == version]
+
+
+def _next_version(conn: Connection, name: str) -> int:
+    """Lock ``name`` (creating it if new) and return the number its next version gets."""
+    # FOR UPDATE queues concurrent writers of one name on PostgreSQL (SQLite omits it: there
+    # BEGIN IMMEDIATE already serializes all writers); two inserts of a new name collide and
+    # the loser is retried by _retry_races
+    locked = select(_models.c.name).where(*_at(_models, name)).with_for_update()
+    if conn.scalar(locked) is None:
+        conn.execute(insert(_models).values(name=name, created_at=datetime.now(UTC)))
+    newest = conn.scalar(select(func.max(_versions.c.version)).where(*_at(_versions, name)))
+    return (newest or 0) + 1
+
+
+def _schema_version(conn: Connection) -> int | None:
+    if not sa.inspect(conn).has_table("meta"):
+        return None
+    value = conn.scalar(select(_meta.c.value).where(_meta.c.key == "schema_version"))
+    return None if value is None else int(value)
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # take BEGIN away from the sqlite3 driver so that _sqlite_begin chooses its kind
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "foreign_keys = ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front, so writers queue on busy_timeout instead of
+    # failing with "database is locked" when a read lock cannot be upgraded
+    write = conn.get_execution_options().get(_WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _move(source: Path, target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+    except OSError as exc:
+        raise RegistryError(f"cannot move {source} to {target}: {exc}") from exc
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without a zone; they were written in UTC
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

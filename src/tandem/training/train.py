@@ -1,0 +1,387 @@
+"""``tandem.train``: data in, a registered, verified Bundle out.
+
+read → infer schema and task → split → fit preprocessing on train → fit the candidate
+families (within the time budget) → pick by validation score → build one ONNX graph →
+check its predictions against the in-memory model on the test split → register.
+Nothing is registered unless every step succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tandem.bundle import Manifest, write_bundle
+from tandem.bundle.graph import GraphBuilder
+from tandem.data.profile import profile_columns
+from tandem.data.readers import read_table
+from tandem.data.schema import ColumnSpec, Task, coerce_column, infer_columns, infer_task
+from tandem.data.split import Split, split_indices
+from tandem.errors import ConfigError, DataError, TandemError, TrainingError
+from tandem.features.preprocess import Preprocessor
+from tandem.ledger.meter import Meter, Profile
+from tandem.models import FAMILIES, Family, FitContext
+from tandem.registry import ModelVersion, Registry, VersionRecord, validate_name
+from tandem.training.metrics import PRIMARY, score
+
+__all__ = ["PARITY_TOLERANCE", "Candidate", "Pipeline", "ProgressEvent", "TrainResult", "train"]
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-5
+ModelChoice = Literal["auto", "linear", "gbdt", "mlp"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    step: int
+    total: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One family's result on the leaderboard."""
+
+    family: str
+    validation: dict[str, float]
+    test: dict[str, float]
+    seconds: float
+    chosen: bool = False
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "validation": self.validation,
+            "test": self.test,
+            "seconds": self.seconds,
+            "chosen": self.chosen,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The trained pipeline in memory (preprocessing + model), before freezing."""
+
+    preprocessor: Preprocessor
+    family: Family
+
+    def predict(self, columns: dict[str, Any]) -> np.ndarray:
+        """Probabilities (n, n_classes) or values (n,) for raw columns keyed by name."""
+        coerced = {c.name: coerce_column(c, columns[c.name]) for c in self.preprocessor.columns}
+        return self.family.predict(self.preprocessor.transform(coerced))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced: the registered version, the leaderboard, the cost."""
+
+    version: ModelVersion
+    task: Task
+    family: str
+    leaderboard: list[Candidate]
+    profile: Profile
+    parity_max_abs: float
+    rows: dict[str, int]
+    pipeline: Pipeline
+    #: row indices of the train / validation / test splits in the data after dropping rows
+    #: without a target
+    split: Split
+
+
+@dataclass
+class _Prepared:
+    table_rows: int
+    specs: list[ColumnSpec]
+    columns: dict[str, np.ndarray]
+    y: np.ndarray
+    task: Task
+    classes: list[Any]
+    fingerprint: str
+
+
+def _as_table(data: str | Path | pa.Table | Any) -> tuple[pa.Table, str]:
+    if isinstance(data, pa.Table):
+        return data, "arrow table"
+    if isinstance(data, str | Path):
+        return read_table(data), str(data)
+    if type(data).__module__.startswith("pandas"):
+        return pa.Table.from_pandas(data, preserve_index=False), "pandas dataframe"
+    raise DataError(
+        f"cannot train on a {type(data).__name__}: give a file or folder path, a pyarrow Table or a pandas DataFrame"
+    )
+
+
+def fingerprint(table: pa.Table) -> str:
+    """SHA-256 of the table's content (columns, types, values), independent of file format."""
+    h = hashlib.sha256()
+    for name in sorted(table.column_names):
+        col = table.column(name).combine_chunks()
+        h.update(f"{name}:{col.type}:{len(col)}".encode())
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, pa.schema([(name, col.type)])) as writer:
+            writer.write_table(pa.table({name: col}))
+        h.update(sink.getvalue().to_pybytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _prepare(
+    table: pa.Table, target: str, task: Task | Literal["auto"], ignore: Sequence[str]
+) -> _Prepared:
+    if target not in table.column_names:
+        raise DataError(
+            f"target column '{target}' is not in the data; columns are {table.column_names}: pass one with --target"
+        )
+    table = table.filter(pc.is_valid(table.column(target)))
+    y_raw = table.column(target)
+    if pa.types.is_floating(y_raw.type):
+        table = table.filter(pc.invert(pc.is_nan(table.column(target))))
+        y_raw = table.column(target)
+    if table.num_rows == 0:
+        raise DataError(f"target column '{target}' has no values: every row is missing it")
+    inferred = infer_task(y_raw, target)
+    task = inferred if task == "auto" else task
+    values = y_raw.to_numpy(zero_copy_only=False)
+    if task == "classification":
+        classes = sorted(set(values.tolist()), key=lambda v: (str(type(v)), v))
+        if len(classes) < 2:
+            raise DataError(
+                f"target '{target}' has a single class ({classes[0]!r}): classification needs at least two"
+            )
+        lookup = {c: i for i, c in enumerate(classes)}
+        y = np.fromiter((lookup[v] for v in values.tolist()), dtype=np.int64, count=len(values))
+    else:
+        if not (pa.types.is_integer(y_raw.type) or pa.types.is_floating(y_raw.type)):
+            raise DataError(
+                f"target '{target}' holds {y_raw.type} values: regression needs numbers; use --task classification"
+            )
+        classes, y = [], np.asarray(values, dtype=np.float64)
+    specs = infer_columns(table, target=target, ignore=ignore)
+    columns = {s.name: coerce_column(s, table.column(s.name)) for s in specs}
+    return _Prepared(table.num_rows, specs, columns, y, task, classes, fingerprint(table))
+
+
+def _notify(callback: Callable[[ProgressEvent], None] | None, event: ProgressEvent) -> None:
+    if callback is None:
+        return
+    try:
+        callback(event)
+    except Exception:  # a display hook must never end a training run
+        log.exception("progress callback failed on %s", event)
+
+
+def _build_graph(pre: Preprocessor, family: Family, task: Task) -> bytes:
+    g = GraphBuilder("tandem")
+    out = family.to_onnx(g, pre.to_onnx(g))
+    name = "probabilities" if task == "classification" else "value"
+    g.output(out, name, "double", [None, None if task == "classification" else 1])
+    graph: bytes = g.build().SerializeToString()
+    return graph
+
+
+def _parity(
+    graph: bytes, pre: Preprocessor, family: Family, columns: dict[str, np.ndarray], X: np.ndarray
+) -> float:
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    feed = {c.name: columns[c.name].reshape(-1, 1) for c in pre.columns}
+    frozen = session.run(None, feed)[0]
+    live = family.predict(X).reshape(frozen.shape)
+    return float(np.max(np.abs(frozen - live))) if frozen.size else 0.0
+
+
+def train(
+    data: str | Path | pa.Table | Any,
+    *,
+    target: str,
+    name: str,
+    task: Task | Literal["auto"] = "auto",
+    model: ModelChoice = "auto",
+    time_budget: float | None = None,
+    seed: int = 0,
+    ignore: Sequence[str] = (),
+    registry: Registry | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+) -> TrainResult:
+    """Train, freeze and register a model.
+
+    Args:
+        data: CSV/Parquet/JSONL file or folder, a pyarrow Table or a pandas DataFrame.
+        target: the column to predict.
+        name: the registry name; the new version is the next number under it.
+        task: ``classification``, ``regression`` or ``auto`` (inferred from the target).
+        model: one family, or ``auto`` to train every family and keep the best on validation.
+        time_budget: seconds for fitting, shared among the candidates (None: no limit).
+        seed: the same seed and data give the same split and the same model.
+        ignore: columns that are not features (ids, timestamps).
+        registry: where to register (default: ``TANDEM_HOME``).
+        on_progress: called with a :class:`ProgressEvent` at each step.
+
+    Example:
+        >>> result = train("weather.csv", target="rain", name="rain")  # doctest: +SKIP
+        >>> result.version.ref  # doctest: +SKIP
+        'rain:1'
+    """
+    validate_name(name)
+    if model != "auto" and model not in FAMILIES:
+        raise ConfigError(f"unknown model '{model}': choose auto, {', '.join(FAMILIES)}")
+    if task not in ("auto", "classification", "regression"):
+        raise ConfigError(f"unknown task '{task}': choose auto, classification or regression")
+    if time_budget is not None and not time_budget > 0:
+        raise ConfigError(f"time budget must be a positive number of seconds; got {time_budget}")
+    names: list[str] = list(FAMILIES) if model == "auto" else [model]
+    total = len(names) + 3
+    with Meter() as meter:
+        _notify(on_progress, ProgressEvent(0, total, "reading data"))
+        table, source = _as_table(data)
+        prep = _prepare(table, target, task, ignore)
+        split = split_indices(
+            len(prep.y), labels=prep.y if prep.task == "classification" else None, seed=seed
+        )
+        parts = {
+            k: {c: v[idx] for c, v in prep.columns.items()}
+            for k, idx in (
+                ("train", split.train),
+                ("validation", split.validation),
+                ("test", split.test),
+            )
+        }
+        ys = {
+            "train": prep.y[split.train],
+            "validation": prep.y[split.validation],
+            "test": prep.y[split.test],
+        }
+        pre = Preprocessor(prep.specs).fit(parts["train"])
+        X = {k: pre.transform(v) for k, v in parts.items()}
+        leaderboard, fitted = _fit_candidates(
+            names, X, ys, prep, seed, time_budget, on_progress, total
+        )
+        best = max(
+            (c for c in leaderboard if c.error is None),
+            key=lambda c: c.validation[PRIMARY[prep.task]],
+        )
+        leaderboard = [Candidate(**{**c.__dict__, "chosen": c is best}) for c in leaderboard]
+        family = fitted[best.family]
+        _notify(on_progress, ProgressEvent(total - 2, total, "freezing and verifying"))
+        graph = _build_graph(pre, family, prep.task)
+        parity = _parity(graph, pre, family, parts["test"], X["test"])
+        if not parity <= PARITY_TOLERANCE:
+            raise TrainingError(
+                f"the exported graph disagrees with the trained {best.family} model by {parity:.2e} (> {PARITY_TOLERANCE}); nothing was registered"
+            )
+        reference = profile_columns(pre.columns, parts["train"])
+    profile = meter.profile
+    rows = {k: len(v) for k, v in ys.items()}
+    details = {
+        "metrics": {"validation": best.validation, "test": best.test},
+        "leaderboard": [c.to_json() for c in leaderboard],
+        "data": {
+            "fingerprint": prep.fingerprint,
+            "source": source,
+            "rows": rows,
+            "ignored": list(ignore),
+        },
+        "reference": reference,
+        "preprocessing": pre.state(),
+        "model": family.describe(),
+        "training": {"profile": profile.to_json(), "parity_max_abs": parity},
+        "recipe": {
+            "target": target,
+            "task": prep.task,
+            "model": model,
+            "time_budget": time_budget,
+            "seed": seed,
+            "ignore": list(ignore),
+        },
+    }
+    manifest = Manifest(
+        name=name, version=0, created_at=datetime.now(UTC).isoformat(timespec="seconds"), task=prep.task,
+        family=best.family, target=target, inputs=tuple(pre.columns), classes=tuple(prep.classes), details=details,
+    )  # fmt: skip
+
+    def write(directory: Path, version: int) -> VersionRecord:
+        digest = write_bundle(
+            directory, Manifest(**{**manifest.__dict__, "version": version}), graph
+        )
+        return VersionRecord(
+            digest=digest,
+            task=prep.task,
+            family=best.family,
+            metrics=best.test,
+            data_fingerprint=prep.fingerprint,
+        )
+
+    _notify(on_progress, ProgressEvent(total - 1, total, "registering"))
+    if registry is None:
+        with Registry() as own:
+            version = own.register(name, write)
+    else:
+        version = registry.register(name, write)
+    _notify(on_progress, ProgressEvent(total, total, f"registered {version.ref}"))
+    return TrainResult(
+        version,
+        prep.task,
+        best.family,
+        leaderboard,
+        profile,
+        parity,
+        rows,
+        Pipeline(pre, family),
+        split,
+    )
+
+
+def _fit_candidates(
+    names: list[str],
+    X: dict[str, np.ndarray],
+    ys: dict[str, np.ndarray],
+    prep: _Prepared,
+    seed: int,
+    time_budget: float | None,
+    on_progress: Callable[[ProgressEvent], None] | None,
+    total: int,
+) -> tuple[list[Candidate], dict[str, Family]]:
+    started = time.monotonic()
+    end = math.inf if time_budget is None else started + time_budget
+    leaderboard: list[Candidate] = []
+    fitted: dict[str, Family] = {}
+    for i, fam_name in enumerate(names):
+        _notify(on_progress, ProgressEvent(i + 1, total, f"training {fam_name}"))
+        now = time.monotonic()
+        # an equal share of what is left, so a fast family leaves its time to the next
+        deadline = now + (end - now) / (len(names) - i) if math.isfinite(end) else math.inf
+        ctx = FitContext(task=prep.task, n_classes=len(prep.classes), seed=seed, deadline=deadline)
+        try:
+            family = FAMILIES[fam_name]().fit(
+                X["train"], ys["train"], X["validation"], ys["validation"], ctx
+            )
+            val = score(prep.task, ys["validation"], family.predict(X["validation"]))
+            test = score(prep.task, ys["test"], family.predict(X["test"]))
+        except TandemError:
+            raise
+        except Exception as exc:
+            if len(names) == 1:
+                raise TrainingError(f"training {fam_name} failed: {exc}") from exc
+            log.warning("candidate %s failed: %s", fam_name, exc)
+            leaderboard.append(Candidate(fam_name, {}, {}, time.monotonic() - now, error=str(exc)))
+            continue
+        fitted[fam_name] = family
+        leaderboard.append(Candidate(fam_name, val, test, time.monotonic() - now))
+    if not fitted:
+        raise TrainingError(
+            "every candidate failed: " + "; ".join(f"{c.family}: {c.error}" for c in leaderboard)
+        )
+    return leaderboard, fitted

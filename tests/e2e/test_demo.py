@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import TANDEM, cli_env
+
+
+@pytest.mark.slow
+def test_demo_trains_registers_predicts_and_compares_phases(home: Path) -> None:
+    result = subprocess.run(
+        [*TANDEM, "demo", "--time-budget", "10", "--json"],
+        capture_output=True,
+        text=True,
+        env=cli_env(home),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"] == "rain:1"
+    assert {c["family"] for c in report["leaderboard"]} == {"linear", "gbdt", "mlp"}
+    assert report["training"]["cpu_seconds"] > 0 and report["training"]["rows"]["train"] > 8000
+    inference = report["inference"]
+    assert (
+        inference["rows"]
+        == 18159
+        - report["training"]["rows"]["train"]
+        - report["training"]["rows"]["validation"]
+        - report["training"]["rows"]["test"]
+    )
+    assert 0.5 < inference["accuracy"] <= 1
+    assert 0 < inference["single_row_p50_us"] <= inference["single_row_p99_us"]
+    again = subprocess.run(
+        [*TANDEM, "models", "show", "rain@champion", "--json"],
+        capture_output=True,
+        text=True,
+        env=cli_env(home),
+    )
+    assert json.loads(again.stdout)["version"] == 1

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import tandem
+from tandem import Predictor, Registry, Settings
+from tandem.errors import NotFoundError, SchemaError
+from tests.helpers import mixed_table
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Predictor, pa.Table]:
+    home = tmp_path_factory.mktemp("home")
+    with Registry(Settings(home=home)) as reg:
+        tandem.train(mixed_table(400), target="target", name="houses", model="gbdt", registry=reg)
+        predictor = tandem.load("houses@latest", registry=reg)
+    return predictor, mixed_table(50, seed=3).drop_columns(["target"])
+
+
+def test_every_row_container_gives_the_same_numbers(trained: tuple[Predictor, pa.Table]) -> None:
+    predictor, rows = trained
+    from_arrow = predictor.predict(rows)
+    assert isinstance(from_arrow, pa.Table)
+    assert from_arrow.column_names == ["label", "proba_no", "proba_yes"]
+    expected = from_arrow.to_pylist()
+    frame = rows.to_pandas()
+    frame.index = pd.RangeIndex(100, 150)
+    from_pandas = predictor.predict(frame)
+    assert isinstance(from_pandas, pd.DataFrame) and list(from_pandas.index) == list(
+        range(100, 150)
+    )
+    assert from_pandas.to_dict("records") == expected
+    assert predictor.predict(rows.to_pylist()) == expected
+    columns = {c: rows.column(c).to_numpy(zero_copy_only=False) for c in rows.column_names}
+    assert pa.table(predictor.predict(columns)).to_pylist() == expected
+    assert predictor.predict(rows.to_pylist()[7]) == expected[7]
+
+
+def test_labels_keep_their_type_and_probabilities_sum_to_one(
+    trained: tuple[Predictor, pa.Table],
+) -> None:
+    predictor, rows = trained
+    out = predictor.predict(rows)
+    assert set(out.column("label").to_pylist()) <= {"no", "yes"}
+    np.testing.assert_allclose(
+        out.column("proba_no").to_numpy() + out.column("proba_yes").to_numpy(), 1.0
+    )
+
+
+def test_extra_columns_are_ignored_and_order_does_not_matter(
+    trained: tuple[Predictor, pa.Table],
+) -> None:
+    predictor, rows = trained
+    shuffled = rows.select(list(reversed(rows.column_names))).append_column(
+        "id", pa.array(range(50))
+    )
+    assert predictor.predict(shuffled).equals(predictor.predict(rows))
+
+
+def test_missing_column_is_named(trained: tuple[Predictor, pa.Table]) -> None:
+    predictor, rows = trained
+    with pytest.raises(SchemaError, match=r"missing column\(s\) \['city'\]"):
+        predictor.predict(rows.drop_columns(["city"]))
+    records = rows.to_pylist()
+    del records[3]["x1"]
+    with pytest.raises(SchemaError, match=r"row 3 lacks column\(s\) \['x1'\]"):
+        predictor.predict(records)
+
+
+def test_wrong_type_is_named(trained: tuple[Predictor, pa.Table]) -> None:
+    predictor, rows = trained
+    records = rows.to_pylist()
+    records[2]["x1"] = "twelve"
+    with pytest.raises(SchemaError, match="column 'x1'.*'twelve'"):
+        predictor.predict(records)
+    with pytest.raises(SchemaError, match="cannot predict on a int"):
+        predictor.predict(42)
+
+
+def test_unseen_categories_and_missing_values_still_predict(
+    trained: tuple[Predictor, pa.Table],
+) -> None:
+    predictor, rows = trained
+    row = rows.to_pylist()[0]
+    odd = {**row, "city": "marseille", "rooms": 99, "x2": None, "garden": None}
+    out = predictor.predict(odd)
+    assert out["label"] in ("no", "yes") and 0 <= out["proba_yes"] <= 1
+
+
+def test_empty_input_gives_empty_output(trained: tuple[Predictor, pa.Table]) -> None:
+    predictor, rows = trained
+    assert predictor.predict(rows.slice(0, 0)).num_rows == 0
+
+
+def test_load_by_path_and_unknown_references(
+    home: Path, trained: tuple[Predictor, pa.Table]
+) -> None:
+    predictor, rows = trained
+    again = tandem.load(predictor.bundle.path)
+    assert again.predict(rows).equals(predictor.predict(rows))
+    with pytest.raises(NotFoundError, match="no model named 'nope'"):
+        tandem.load("nope")

@@ -1,0 +1,452 @@
+from __future__ import annotations
+
+import doctest
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import pytest
+import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tandem.registry
+from tandem.config import Settings
+from tandem.errors import NotFoundError, RegistryError, UsageError
+from tandem.registry import ModelRef, Registry, VersionRecord
+from tandem.registry import store as store_module
+from tandem.registry.store import SCHEMA_VERSION
+
+WORKER = Path(__file__).with_name("_register_worker.py")
+SRC = Path(tandem.registry.__file__).parents[2]
+#: a PostgreSQL server URL (e.g. postgresql+psycopg://postgres@/postgres?host=/tmp) to run
+#: the backend-neutral tests on PostgreSQL as well; each test gets a fresh database there
+POSTGRES = os.environ.get("TANDEM_TEST_POSTGRES")
+
+Write = Callable[[Path, int], VersionRecord]
+
+
+def writer(**record: Any) -> Write:
+    """A write callback that puts a manifest naming the version into the folder."""
+
+    def write(folder: Path, version: int) -> VersionRecord:
+        (folder / "manifest.json").write_text(json.dumps({"version": version}))
+        fields = {
+            "digest": f"sha-{version}",
+            "task": "classification",
+            "family": "linear",
+            "metrics": {"auc": 0.9},
+            "data_fingerprint": "fp1",
+        }
+        return VersionRecord(**(fields | record))
+
+    return write
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"] if POSTGRES else ["sqlite"])
+def settings(request: pytest.FixtureRequest, home: Path) -> Iterator[Settings]:
+    if request.param == "sqlite":
+        yield Settings(home=home)
+        return
+    assert POSTGRES is not None
+    server = sa.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    database = f"tandem_test_{uuid.uuid4().hex[:12]}"
+    with server.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {database}")
+    url = sa.make_url(POSTGRES).set(database=database)
+    yield Settings(home=home, registry=url.render_as_string(hide_password=False))
+    with server.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {database} WITH (FORCE)")
+    server.dispose()
+
+
+@pytest.fixture
+def registry(settings: Settings) -> Iterator[Registry]:
+    with Registry(settings) as registry:
+        yield registry
+
+
+def leftovers(artifacts: Path) -> list[str]:
+    return sorted(str(p.relative_to(artifacts)) for p in artifacts.rglob("*"))
+
+
+def test_public_names() -> None:
+    assert set(tandem.registry.__all__) == {
+        "ModelRef",
+        "ModelSummary",
+        "ModelVersion",
+        "Registry",
+        "VersionRecord",
+        "parse_ref",
+        "validate_name",
+    }
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(store_module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_register_numbers_versions_and_places_bundles(registry: Registry, home: Path) -> None:
+    first = registry.register("fraud", writer(tags={"team": "risk"}, description="baseline"))
+    second = registry.register("fraud", writer(parent_version=1, metrics={"auc": 0.93}))
+    assert (first.version, second.version) == (1, 2)
+    assert second.path == (home / "artifacts" / "fraud" / "2").absolute()
+    assert json.loads((second.path / "manifest.json").read_text()) == {"version": 2}
+    assert first.created_at.tzinfo == UTC
+    assert first.tags == {"team": "risk"}
+    assert (first.description, second.parent_version, second.ref) == ("baseline", 1, "fraud:2")
+    assert registry.get("fraud:1") == first
+    assert registry.get("fraud") == second
+    assert registry.get("fraud").metrics == {"auc": 0.93}
+    assert registry.register("churn", writer()).version == 1
+
+
+def test_get_by_every_kind_of_reference(registry: Registry) -> None:
+    for _ in range(3):
+        registry.register("fraud", writer())
+    registry.set_alias("fraud", 2, "champion")
+    assert registry.get("fraud").version == 3
+    assert registry.get("fraud@latest").version == 3
+    assert registry.get("fraud:1").version == 1
+    assert registry.get("fraud@champion").version == 2
+    assert registry.get(ModelRef("fraud", alias="champion")).aliases == ("champion",)
+    with pytest.raises(UsageError, match="accepted forms"):
+        registry.get("fraud:x")
+
+
+def test_not_found_messages_list_what_exists(registry: Registry) -> None:
+    for _ in range(3):
+        registry.register("fraud", writer())
+    registry.register("churn", writer())
+    registry.set_alias("fraud", 1, "staging")
+    with pytest.raises(NotFoundError, match=r"model 'fraud' has no version 9; versions: 1, 2, 3"):
+        registry.get("fraud:9")
+    with pytest.raises(NotFoundError, match=r"no model named 'frad'; registered models: churn, fr"):
+        registry.get("frad")
+    with pytest.raises(NotFoundError) as caught:
+        registry.get("fraud@champion")
+    assert "model 'fraud' has no alias 'champion'; aliases: staging" in str(caught.value)
+    assert "tandem promote fraud:VERSION --alias champion" in str(caught.value)
+    with pytest.raises(NotFoundError, match="no model named 'frad'"):
+        registry.get("frad@champion")
+    with pytest.raises(NotFoundError, match="no model named 'frad'"):
+        registry.list_versions("frad")
+    with pytest.raises(NotFoundError, match="versions: 1, 2, 3"):
+        registry.set_tag("fraud", 7, "k", "v")
+
+
+def test_empty_registry_says_so(registry: Registry) -> None:
+    assert registry.list_models() == []
+    with pytest.raises(NotFoundError, match="registered models: none yet"):
+        registry.get("fraud")
+
+
+def test_list_models_and_versions(registry: Registry) -> None:
+    for name in ["fraud", "churn", "fraud", "fraud"]:
+        registry.register(name, writer())
+    registry.set_alias("fraud", 3, "champion")
+    registry.set_alias("fraud", 2, "challenger")
+    churn, fraud = registry.list_models()
+    assert (churn.name, churn.latest_version, churn.n_versions, churn.aliases) == (
+        "churn",
+        1,
+        1,
+        {},
+    )
+    assert (fraud.name, fraud.latest_version, fraud.n_versions) == ("fraud", 3, 3)
+    assert fraud.aliases == {"champion": 3, "challenger": 2}
+    assert fraud.updated_at == registry.get("fraud:3").created_at
+    assert fraud.updated_at.tzinfo == UTC
+    assert [v.version for v in registry.list_versions("fraud")] == [3, 2, 1]
+    assert [v.aliases for v in registry.list_versions("fraud")] == [
+        ("champion",),
+        ("challenger",),
+        (),
+    ]
+
+
+def test_tags(registry: Registry) -> None:
+    registry.register("fraud", writer(tags={"team": "risk", "stage": "dev"}))
+    registry.set_tag("fraud", 1, "stage", "prod")
+    registry.set_tag("fraud", 1, "owner", "ana")
+    assert registry.get("fraud:1").tags == {"owner": "ana", "stage": "prod", "team": "risk"}
+    registry.delete_tag("fraud", 1, "team")
+    assert registry.get("fraud:1").tags == {"owner": "ana", "stage": "prod"}
+    with pytest.raises(NotFoundError, match="fraud:1 has no tag 'team'; tags: owner, stage"):
+        registry.delete_tag("fraud", 1, "team")
+    with pytest.raises(UsageError, match="invalid tag key"):
+        registry.set_tag("fraud", 1, "a/b", "x")
+
+
+def test_aliases_move_and_are_validated(registry: Registry) -> None:
+    registry.register("fraud", writer())
+    registry.register("fraud", writer())
+    assert registry.set_alias("fraud", 1, "champion").aliases == ("champion",)
+    moved = registry.set_alias("fraud", 2, "champion")
+    assert (moved.version, moved.aliases) == (2, ("champion",))
+    assert registry.get("fraud:1").aliases == ()
+    assert registry.get("fraud@champion").version == 2
+    registry.delete_alias("fraud", "champion")
+    with pytest.raises(NotFoundError, match="aliases: none"):
+        registry.get("fraud@champion")
+    with pytest.raises(NotFoundError, match="no alias 'champion'"):
+        registry.delete_alias("fraud", "champion")
+    with pytest.raises(NotFoundError, match="has no version 5"):
+        registry.set_alias("fraud", 5, "champion")
+    for bad in ["latest", "3", "a/b"]:
+        with pytest.raises(UsageError):
+            registry.set_alias("fraud", 1, bad)
+
+
+def test_delete_version_removes_row_folder_and_tags(registry: Registry, home: Path) -> None:
+    for _ in range(3):
+        registry.register("fraud", writer(tags={"k": "v"}))
+    doomed = registry.get("fraud:2")
+    registry.delete_version("fraud", 2)
+    assert not doomed.path.exists()
+    assert [v.version for v in registry.list_versions("fraud")] == [3, 1]
+    with pytest.raises(NotFoundError, match="versions: 1, 3"):
+        registry.get("fraud:2")
+    with pytest.raises(NotFoundError, match="has no version 2"):
+        registry.delete_version("fraud", 2)
+    assert leftovers(home / "artifacts" / ".trash") == []
+
+
+def test_delete_version_protects_alias_targets(registry: Registry) -> None:
+    registry.register("fraud", writer())
+    registry.register("fraud", writer())
+    registry.set_alias("fraud", 1, "champion")
+    registry.set_alias("fraud", 1, "stable")
+    with pytest.raises(UsageError) as caught:
+        registry.delete_version("fraud", 1)
+    message = str(caught.value)
+    assert "champion, stable" in message and "tandem promote fraud:VERSION" in message
+    assert "force=True" in message
+    assert registry.get("fraud:1").path.exists()
+    registry.delete_version("fraud", 1, force=True)
+    assert [v.version for v in registry.list_versions("fraud")] == [2]
+    assert registry.list_models()[0].aliases == {}
+
+
+def test_deleting_the_last_version_removes_the_model(registry: Registry, home: Path) -> None:
+    registry.register("fraud", writer())
+    registry.register("churn", writer())
+    registry.delete_version("fraud", 1)
+    assert [m.name for m in registry.list_models()] == ["churn"]
+    assert leftovers(home / "artifacts") == [
+        ".staging",
+        ".trash",
+        "churn",
+        "churn/1",
+        "churn/1/manifest.json",
+    ]
+    # numbering starts again at 1, like any new name
+    assert registry.register("fraud", writer()).version == 1
+
+
+def test_failed_write_leaves_nothing(registry: Registry, home: Path) -> None:
+    def explode(folder: Path, version: int) -> VersionRecord:
+        (folder / "weights.onnx").write_bytes(b"partial")
+        raise ValueError("out of disk")
+
+    with pytest.raises(ValueError, match="out of disk"):
+        registry.register("fraud", explode)
+    assert registry.list_models() == []
+    assert leftovers(home / "artifacts") == [".staging"]
+    assert registry.register("fraud", writer()).version == 1
+    with pytest.raises(ValueError, match="out of disk"):
+        registry.register("fraud", explode)
+    assert [v.version for v in registry.list_versions("fraud")] == [1]
+    assert registry.register("fraud", writer()).version == 2
+
+
+@pytest.mark.parametrize(
+    ("record", "error"),
+    [
+        ({"tags": {"a/b": "x"}}, UsageError),  # rejected before the folder moves
+        ({"digest": None}, RegistryError),  # rejected by the database after the move
+    ],
+)
+def test_rejected_record_leaves_nothing(
+    registry: Registry, home: Path, record: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        registry.register("fraud", writer(**record))
+    assert registry.list_models() == []
+    assert leftovers(home / "artifacts") == [".staging"]
+
+
+def test_write_must_return_a_version_record(registry: Registry) -> None:
+    with pytest.raises(UsageError, match="expected a VersionRecord"):
+        registry.register("fraud", lambda folder, version: None)  # type: ignore[arg-type,return-value]
+
+
+def test_invalid_name_is_refused_before_anything_happens(registry: Registry, home: Path) -> None:
+    with pytest.raises(UsageError, match="invalid model name '../evil'"):
+        registry.register("../evil", writer())
+    assert not (home / "artifacts").exists()
+
+
+def test_stale_folder_from_a_crash_is_replaced(registry: Registry, home: Path) -> None:
+    stale = home / "artifacts" / "fraud" / "1"
+    stale.mkdir(parents=True)
+    (stale / "junk").write_text("left by a crash")
+    version = registry.register("fraud", writer())
+    assert sorted(p.name for p in version.path.iterdir()) == ["manifest.json"]
+
+
+def test_folder_claimed_by_a_row_is_never_removed(registry: Registry, settings: Settings) -> None:
+    registry.register("fraud", writer())
+    engine = sa.create_engine(settings.registry_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE versions SET path = 'churn/1'")
+    engine.dispose()
+    claimed = settings.artifacts / "churn" / "1"
+    claimed.mkdir(parents=True)
+    with pytest.raises(RegistryError, match="already belongs to a registered version"):
+        registry.register("churn", writer())
+    assert claimed.is_dir()
+    assert [m.name for m in registry.list_models()] == ["fraud"]
+    assert leftovers(settings.artifacts / ".staging") == []
+
+
+def test_failed_delete_keeps_the_version(registry: Registry, settings: Settings) -> None:
+    version = registry.register("fraud", writer())
+    (settings.artifacts / ".trash").write_text("a file where the trash folder should be")
+    with pytest.raises(RegistryError, match="cannot move"):
+        registry.delete_version("fraud", 1)
+    assert registry.get("fraud:1") == version
+    assert (version.path / "manifest.json").is_file()
+
+
+def test_sqlite_database_uses_write_ahead_logging(home: Path) -> None:
+    with Registry(Settings(home=home)) as registry:
+        registry.register("fraud", writer())
+    db = sqlite3.connect(home / "registry.db")
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        db.close()
+
+
+def test_newer_schema_is_refused(settings: Settings) -> None:
+    Registry(settings).close()
+    engine = sa.create_engine(settings.registry_url)
+    with engine.begin() as conn:
+        stored = conn.exec_driver_sql("SELECT value FROM meta WHERE key = 'schema_version'")
+        assert stored.scalar() == str(SCHEMA_VERSION)
+        conn.exec_driver_sql("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    engine.dispose()
+    with pytest.raises(RegistryError, match="schema version 99, newer than"):
+        Registry(settings)
+
+
+def test_foreign_keys_are_enforced(registry: Registry) -> None:
+    registry.register("fraud", writer())
+    with pytest.raises(RegistryError, match="(?i)foreign key"), registry._tx(write=True) as conn:
+        conn.exec_driver_sql("INSERT INTO aliases (name, alias, version) VALUES ('fraud', 'x', 42)")
+
+
+def test_reopening_keeps_everything(settings: Settings) -> None:
+    with Registry(settings) as registry:
+        registry.register("fraud", writer())
+    with Registry(settings) as registry:
+        assert registry.get("fraud").version == 1
+
+
+@pytest.mark.slow
+def test_concurrent_processes_get_distinct_versions(settings: Settings) -> None:
+    # the database is still empty: the workers also race to create the tables
+    path = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    command = [sys.executable, str(WORKER), str(settings.home), "fraud", "5"]
+    command += [settings.registry] if settings.registry else []
+    workers = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    printed: list[int] = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        printed += [int(line) for line in out.split()]
+    assert sorted(printed) == list(range(1, 21))
+
+    with Registry(settings) as registry:
+        versions = registry.list_versions("fraud")
+    assert [v.version for v in versions] == list(range(20, 0, -1))
+    owners: Counter[int] = Counter()
+    for version in versions:
+        pid, number = (version.path / "owner.txt").read_text().split()
+        assert int(number) == version.version
+        assert version.digest == f"{pid}-{number}"
+        owners[int(pid)] += 1
+    assert owners == {worker.pid: 5 for worker in workers}
+    assert leftovers(settings.artifacts / ".staging") == []
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("register"), st.just(0), st.just("")),
+            st.tuples(st.just("delete"), st.integers(1, 6), st.sampled_from(["", "force"])),
+            st.tuples(st.just("alias"), st.integers(1, 6), st.sampled_from(["a", "b"])),
+        ),
+        max_size=12,
+    )
+)
+def test_registry_matches_a_simple_model(operations: list[tuple[str, int, str]]) -> None:
+    """After any sequence of operations, rows, aliases and folders agree with a plain dict."""
+    live: set[int] = set()
+    aliases: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp, Registry(Settings(home=Path(tmp))) as registry:
+        for action, number, extra in operations:
+            if action == "register":
+                expected = max(live, default=0) + 1
+                assert registry.register("m", writer()).version == expected
+                live.add(expected)
+            elif number not in live:
+                with pytest.raises(NotFoundError, match="no version|no model"):
+                    if action == "alias":
+                        registry.set_alias("m", number, extra)
+                    else:
+                        registry.delete_version("m", number)
+            elif action == "alias":
+                registry.set_alias("m", number, extra)
+                aliases[extra] = number
+            elif number in aliases.values() and not extra:
+                with pytest.raises(UsageError):
+                    registry.delete_version("m", number)
+            else:
+                registry.delete_version("m", number, force=bool(extra))
+                live.discard(number)
+                aliases = {a: v for a, v in aliases.items() if v != number}
+        folders = Path(tmp, "artifacts", "m")
+        on_disk = {int(p.name) for p in folders.iterdir()} if folders.exists() else set()
+        assert on_disk == live
+        summaries = registry.list_models()
+        if live:
+            assert [(s.name, s.n_versions, s.aliases) for s in summaries] == [
+                ("m", len(live), aliases)
+            ]
+        else:
+            assert summaries == []
