@@ -12,7 +12,7 @@ Only numpy, pyarrow and onnxruntime are imported here: no torch, scikit-learn or
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ class Predictor:
         self.manifest: Manifest = bundle.manifest
         self._session = make_session(bundle.graph, threads=threads)
         self._outputs = [self.manifest.output]
+        self._names = [c.name for c in self.manifest.inputs]
         self._classes = np.asarray(self.manifest.classes) if self.manifest.classes else None
         self.output_columns = (
             ["label", *(f"proba_{c}" for c in self.manifest.classes)]
@@ -54,45 +55,36 @@ class Predictor:
 
     def preprocess(self, rows: Any) -> Columns:
         """Pull the signature's columns out of ``rows``; extra columns are ignored."""
-        names = [c.name for c in self.manifest.inputs]
+        names = self._names
+        if isinstance(rows, Mapping):
+            if _is_columnar(rows):
+                return _pick(names, rows.__getitem__, rows)
+            return _pick_rows(names, [rows])
         if isinstance(rows, pa.Table | pa.RecordBatch):
-            have = set(rows.schema.names)
-            get = rows.column
-        elif _is_dataframe(rows):
-            have = set(rows.columns)
-            get = lambda n: rows[n].to_numpy()  # noqa: E731
-        elif isinstance(rows, Mapping):
-            if not _is_columnar(rows):
-                return self.preprocess([rows])
-            have = set(rows)
-            get = rows.__getitem__
-        elif isinstance(rows, Sequence) and not isinstance(rows, str | bytes):
-            if not all(isinstance(r, Mapping) for r in rows):
-                raise SchemaError(
-                    "rows must be mappings of column name to value, e.g. [{'age': 41, ...}]"
-                )
-            missing_per_row = [i for i, r in enumerate(rows) if not all(n in r for n in names)]
-            if missing_per_row:
-                i = missing_per_row[0]
-                raise SchemaError(
-                    f"row {i} lacks column(s) {[n for n in names if n not in rows[i]]}; every row needs {names}"
-                )
-            return {n: [r[n] for r in rows] for n in names}
-        else:
-            raise SchemaError(
-                f"cannot predict on a {type(rows).__name__}: pass a pandas DataFrame, a pyarrow Table, "
-                "a list of dicts, or a dict of columns"
-            )
-        missing = [n for n in names if n not in have]
-        if missing:
-            raise SchemaError(f"missing column(s) {missing}: the model needs {names}")
-        return {n: get(n) for n in names}
+            return _pick(names, rows.column, rows.schema.names)
+        if _is_dataframe(rows):
+            return _pick(names, lambda n: rows[n].to_numpy(), rows.columns)
+        if isinstance(rows, Sequence) and not isinstance(rows, str | bytes):
+            return _pick_rows(names, rows)
+        raise SchemaError(
+            f"cannot predict on a {type(rows).__name__}: pass a pandas DataFrame, a pyarrow Table, "
+            "a list of dicts, or a dict of columns"
+        )
 
     def encode(self, columns: Columns) -> dict[str, np.ndarray]:
         """Typed graph inputs of shape (n, 1): float64 or str objects."""
-        feed = {
-            c.name: coerce_column(c, columns[c.name]).reshape(-1, 1) for c in self.manifest.inputs
-        }
+        feed = {}
+        for spec in self.manifest.inputs:
+            values = columns[spec.name]
+            # the hot path of the columnar API: float64 arrays go to the graph as they are
+            if (
+                type(values) is np.ndarray
+                and values.dtype == _FLOAT64
+                and spec.kind != "categorical"
+            ):
+                feed[spec.name] = values.reshape(-1, 1)
+            else:
+                feed[spec.name] = coerce_column(spec, values).reshape(-1, 1)
         lengths = {len(v) for v in feed.values()}
         if len(lengths) > 1:
             raise SchemaError(
@@ -143,6 +135,35 @@ class Predictor:
     def predict_columns(self, columns: Columns) -> dict[str, np.ndarray]:
         """The fast path: a dict of columns in, a dict of numpy columns out."""
         return self.decode(self.forward(self.encode(self.preprocess(columns))))
+
+
+_FLOAT64 = np.dtype(np.float64)
+
+
+def _pick(names: list[str], get: Callable[[str], Any], have: Iterable[str]) -> Columns:
+    try:
+        return {n: get(n) for n in names}
+    except KeyError:
+        present = set(have)
+        missing = [n for n in names if n not in present]
+        raise SchemaError(f"missing column(s) {missing}: the model needs {names}") from None
+
+
+def _pick_rows(names: list[str], rows: Sequence[Any]) -> Columns:
+    try:
+        return {n: [r[n] for r in rows] for n in names}
+    except (KeyError, TypeError, IndexError):
+        for i, r in enumerate(rows):
+            if not isinstance(r, Mapping):
+                raise SchemaError(
+                    f"row {i} is a {type(r).__name__}: rows must map column names to values, e.g. [{{'age': 41, ...}}]"
+                ) from None
+            lacking = [n for n in names if n not in r]
+            if lacking:
+                raise SchemaError(
+                    f"row {i} lacks column(s) {lacking}; every row needs {names}"
+                ) from None
+        raise
 
 
 def _is_dataframe(obj: Any) -> bool:
