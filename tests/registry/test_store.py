@@ -418,12 +418,13 @@ def test_registry_matches_a_simple_model(operations: list[tuple[str, int, str]])
     """After any sequence of operations, rows, aliases and folders agree with a plain dict."""
     live: set[int] = set()
     aliases: dict[str, int] = {}
+    last = 0  # numbers are never reused while the model exists
     with tempfile.TemporaryDirectory() as tmp, Registry(Settings(home=Path(tmp))) as registry:
         for action, number, extra in operations:
             if action == "register":
-                expected = max(live, default=0) + 1
-                assert registry.register("m", writer()).version == expected
-                live.add(expected)
+                last += 1
+                assert registry.register("m", writer()).version == last
+                live.add(last)
             elif number not in live:
                 with pytest.raises(NotFoundError, match="no version|no model"):
                     if action == "alias":
@@ -440,6 +441,8 @@ def test_registry_matches_a_simple_model(operations: list[tuple[str, int, str]])
                 registry.delete_version("m", number, force=bool(extra))
                 live.discard(number)
                 aliases = {a: v for a, v in aliases.items() if v != number}
+                if not live:
+                    last = 0  # deleting every version deletes the model, and its counter
         folders = Path(tmp, "artifacts", "m")
         on_disk = {int(p.name) for p in folders.iterdir()} if folders.exists() else set()
         assert on_disk == live
@@ -450,3 +453,11 @@ def test_registry_matches_a_simple_model(operations: list[tuple[str, int, str]])
             ]
         else:
             assert summaries == []
+
+
+def test_a_deleted_version_number_is_never_given_again(registry: Registry) -> None:
+    for _ in range(3):
+        registry.register("m", writer())
+    registry.delete_version("m", 3)
+    assert registry.register("m", writer()).version == 4
+    assert [v.version for v in registry.list_versions("m")] == [4, 2, 1]

@@ -44,6 +44,9 @@ _models = sa.Table(
     _metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # highest number ever given, so a deleted version's number is never handed out again
+    # (a parent_version must keep meaning the model it meant)
+    sa.Column("last_version", sa.Integer, nullable=False),
 )
 _versions = sa.Table(
     "versions",
@@ -216,7 +219,7 @@ class Registry:
 
     @_retry_races
     def register(self, name: str, write: Callable[[Path, int], VersionRecord]) -> ModelVersion:
-        """Store a new version of ``name``, numbered one past its newest (1 for a new name).
+        """Store a new version of ``name``, numbered one past the highest it ever had (1 for a new name).
 
         ``write(folder, version)`` fills the empty ``folder`` with the Bundle and returns its
         :class:`VersionRecord`. It runs inside the write transaction, so concurrent writers
@@ -487,11 +490,15 @@ def _next_version(conn: Connection, name: str) -> int:
     # FOR UPDATE queues concurrent writers of one name on PostgreSQL (SQLite omits it: there
     # BEGIN IMMEDIATE already serializes all writers); two inserts of a new name collide and
     # the loser is retried by _retry_races
-    locked = select(_models.c.name).where(*_at(_models, name)).with_for_update()
-    if conn.scalar(locked) is None:
-        conn.execute(insert(_models).values(name=name, created_at=datetime.now(UTC)))
-    newest = conn.scalar(select(func.max(_versions.c.version)).where(*_at(_versions, name)))
-    return (newest or 0) + 1
+    locked = select(_models.c.last_version).where(*_at(_models, name)).with_for_update()
+    last = conn.scalar(locked)
+    if last is None:
+        conn.execute(
+            insert(_models).values(name=name, created_at=datetime.now(UTC), last_version=0)
+        )
+        last = 0
+    conn.execute(sa.update(_models).where(*_at(_models, name)).values(last_version=last + 1))
+    return int(last) + 1
 
 
 def _schema_version(conn: Connection) -> int | None:
