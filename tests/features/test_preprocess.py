@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tandem.bundle.graph import GraphBuilder
+from tandem.bundle.manifest import graph_feed
 from tandem.data.schema import ColumnSpec
 from tandem.features.preprocess import MAX_CATEGORIES, Preprocessor
 
@@ -40,7 +41,7 @@ def test_graph_computes_exactly_what_transform_computes(
     new = {"u": new_num[:, 0], "v": new_num[:, 1], "c": np.array(new_cat[:m], dtype=object)}
     pre = Preprocessor(specs).fit(train)
     expected = pre.transform(new)
-    got = _graph(pre).run(None, {k: v.reshape(-1, 1) for k, v in new.items()})[0]
+    got = _graph(pre).run(None, graph_feed(pre.columns, new))[0]
     assert got.shape == expected.shape == (m, len(pre.feature_names))
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
     assert not np.isnan(got).any()  # every missing value is imputed

@@ -105,3 +105,11 @@ def test_load_by_path_and_unknown_references(
     assert again.predict(rows).equals(predictor.predict(rows))
     with pytest.raises(NotFoundError, match="no model named 'nope'"):
         tandem.load("nope")
+
+
+def test_columns_of_different_lengths_are_refused(trained: tuple[Predictor, pa.Table]) -> None:
+    predictor, rows = trained
+    columns = {c: rows.column(c).to_numpy(zero_copy_only=False) for c in rows.column_names}
+    columns["x2"] = columns["x2"][:-1]
+    with pytest.raises(SchemaError, match="different lengths.*'x2': 49"):
+        predictor.predict(columns)

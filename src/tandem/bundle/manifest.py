@@ -8,18 +8,58 @@ leaderboard, lineage) lives in ``details`` and is shown, not interpreted, by inf
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 from tandem.data.schema import ColumnSpec, Task
 from tandem.errors import BundleError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "FileEntry", "Manifest"]
+__all__ = [
+    "CATEGORICAL_INPUT",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "NUMERIC_INPUT",
+    "FileEntry",
+    "Manifest",
+    "graph_feed",
+]
 
 FORMAT = "tandem.bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH = "model.onnx"
+#: graph inputs: every numeric and boolean column as one (n, k) double matrix, every
+#: categorical column as one (n, m) string matrix, each in signature order. One input per
+#: column would cost ONNX Runtime ~3 µs per input per call: 32 columns tripled batch-1 latency.
+NUMERIC_INPUT = "numeric"
+CATEGORICAL_INPUT = "categorical"
+
+
+def graph_feed(
+    inputs: Sequence[ColumnSpec], columns: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The graph's inputs from coerced columns (see :func:`tandem.data.schema.coerce_column`).
+
+    Args:
+        inputs: the signature.
+        columns: per column name, float64 (numeric, boolean) or str (categorical) arrays of
+            shape (n,).
+
+    Returns:
+        ``{"numeric": (n, k) float64, "categorical": (n, m) object}``, each present only when
+        the signature has such columns.
+    """
+    numeric = [columns[c.name] for c in inputs if c.kind != "categorical"]
+    categorical = [columns[c.name] for c in inputs if c.kind == "categorical"]
+    feed = {}
+    if numeric:
+        feed[NUMERIC_INPUT] = np.stack(numeric, axis=1)
+    if categorical:
+        feed[CATEGORICAL_INPUT] = np.stack(categorical, axis=1)
+    return feed
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,8 @@ def _numbers(name: str, values: Any) -> np.ndarray:
         return values.astype(np.float64, copy=False).ravel()
     # element by element, so that text is refused rather than parsed ("1.5" is not a number)
     items = values.ravel().tolist() if isinstance(values, np.ndarray) else list(values)
+    if all(type(v) is float or type(v) is int for v in items):
+        return np.array(items, dtype=np.float64)
     return np.fromiter(
         (_number(name, i, v) for i, v in enumerate(items)), dtype=np.float64, count=len(items)
     )

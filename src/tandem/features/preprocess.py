@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tandem.bundle.graph import GraphBuilder
+from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT
 from tandem.data.schema import ColumnSpec
 
 __all__ = ["MAX_CATEGORIES", "Preprocessor"]
@@ -106,13 +107,11 @@ class Preprocessor:
         return np.concatenate(parts, axis=1)
 
     def to_onnx(self, g: GraphBuilder) -> str:
-        """Emit one graph input per column and the nodes of :meth:`transform`; returns the
-        name of the (N, n_features) double tensor."""
+        """Emit the graph inputs (see :func:`tandem.bundle.manifest.graph_feed`) and the nodes of
+        :meth:`transform`; returns the name of the (N, n_features) double tensor."""
         parts = []
         if self.numeric:
-            x = g.node(
-                "Concat", [g.input(c.name, "double", [None, 1]) for c in self.numeric], axis=1
-            )
+            x = g.input(NUMERIC_INPUT, "double", [None, len(self.numeric)])
             missing = g.node("IsNaN", [x])
             filled = g.node("Where", [missing, g.const(self.medians_, "median"), x])
             centred = g.node("Sub", [filled, g.const(self.means_, "mean")])
@@ -122,11 +121,13 @@ class Preprocessor:
                 parts.append(
                     g.node("Gather", [as_num, g.const(self.indicators_.astype(np.int64))], axis=1)
                 )
-        for c in self.categorical:
-            s = g.input(c.name, "string", [None, 1])
+        if self.categorical:
+            strings = g.input(CATEGORICAL_INPUT, "string", [None, len(self.categorical)])
+        for j, c in enumerate(self.categorical):
+            column = g.node("Gather", [strings, g.const(np.array([j], dtype=np.int64))], axis=1)
             codes = g.node(
                 "LabelEncoder",
-                [s],
+                [column],
                 domain="ai.onnx.ml",
                 keys_strings=list(c.categories),
                 values_int64s=list(range(len(c.categories))),

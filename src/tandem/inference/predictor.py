@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from tandem.bundle import Bundle, Manifest
+from tandem.bundle.manifest import graph_feed
 from tandem.data.schema import coerce_column
 from tandem.errors import SchemaError
 from tandem.inference.runtime import make_session
@@ -72,25 +73,27 @@ class Predictor:
         )
 
     def encode(self, columns: Columns) -> dict[str, np.ndarray]:
-        """Typed graph inputs of shape (n, 1): float64 or str objects."""
-        feed = {}
+        """The graph inputs: an (n, k) float64 matrix of the numeric columns and an (n, m)
+        string matrix of the categorical ones."""
+        coerced = {}
         for spec in self.manifest.inputs:
             values = columns[spec.name]
             # the hot path of the columnar API: float64 arrays go to the graph as they are
             if (
                 type(values) is np.ndarray
-                and values.dtype == _FLOAT64
+                and values.dtype is _FLOAT64
                 and spec.kind != "categorical"
             ):
-                feed[spec.name] = values.reshape(-1, 1)
+                coerced[spec.name] = values.reshape(-1)
             else:
-                feed[spec.name] = coerce_column(spec, values).reshape(-1, 1)
-        lengths = {len(v) for v in feed.values()}
-        if len(lengths) > 1:
+                coerced[spec.name] = coerce_column(spec, values)
+        try:
+            return graph_feed(self.manifest.inputs, coerced)
+        except ValueError:
+            lengths = {name: len(v) for name, v in coerced.items()}
             raise SchemaError(
-                f"columns have different lengths {sorted(lengths)}: every column needs one value per row"
-            )
-        return feed
+                f"columns have different lengths {lengths}: every column needs one value per row"
+            ) from None
 
     def forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities (n, n_classes) or values (n, 1), float64."""
@@ -170,12 +173,13 @@ def _is_dataframe(obj: Any) -> bool:
     return type(obj).__module__.startswith("pandas") and hasattr(obj, "columns")
 
 
+_COLUMN_TYPES = (np.ndarray, list, tuple, pa.Array, pa.ChunkedArray)
+
+
 def _is_columnar(mapping: Mapping[str, Any]) -> bool:
-    return any(
-        isinstance(v, Sequence | np.ndarray | pa.Array | pa.ChunkedArray)
-        and not isinstance(v, str | bytes)
-        for v in mapping.values()
-    )
+    # a dict of columns holds arrays or lists; one row holds scalars (the first value decides)
+    first = next(iter(mapping.values()), None)
+    return isinstance(first, _COLUMN_TYPES)
 
 
 def _records(decoded: dict[str, np.ndarray]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from tandem.bundle import Manifest, write_bundle
 from tandem.bundle.graph import GraphBuilder
+from tandem.bundle.manifest import graph_feed
 from tandem.data.profile import profile_columns
 from tandem.data.readers import read_table
 from tandem.data.schema import ColumnSpec, Task, coerce_column, infer_columns, infer_task
@@ -197,7 +198,7 @@ def _parity(
     graph: bytes, pre: Preprocessor, family: Family, columns: dict[str, np.ndarray], X: np.ndarray
 ) -> float:
     session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
-    feed = {c.name: columns[c.name].reshape(-1, 1) for c in pre.columns}
+    feed = graph_feed(pre.columns, columns)
     frozen = session.run(None, feed)[0]
     live = family.predict(X).reshape(frozen.shape)
     return float(np.max(np.abs(frozen - live))) if frozen.size else 0.0
