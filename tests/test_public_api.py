@@ -20,29 +20,17 @@ def test_public_names_are_exactly_these() -> None:
         assert getattr(tandem, name) is not None
 
 
+def _python(code: str) -> str:
+    env = {"PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+
+
 def test_inference_imports_no_training_library() -> None:
     """A serving process must not pay for torch, scikit-learn or LightGBM."""
-    code = (
-        "import sys, tandem.inference, tandem\n"
-        "tandem.load\n"
-        "heavy = sorted(m for m in ('torch', 'sklearn', 'lightgbm', 'onnx', 'pandas') if m in sys.modules)\n"
-        "print(','.join(heavy))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PYTHONPATH": str(ROOT / "src")},
-    )
-    assert result.stdout.strip() == ""
+    heavy = "('torch', 'sklearn', 'lightgbm', 'onnx', 'pandas')"
+    loaded = f"print(','.join(sorted(m for m in {heavy} if m in sys.modules)))"
+    assert _python(f"import sys, tandem.inference, tandem\ntandem.load\n{loaded}") == ""
     # and the training side really does load them, so the check above can fail
-    code_train = "import sys, tandem\ntandem.train\nprint('torch' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code_train],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PYTHONPATH": str(ROOT / "src")},
-    )
-    assert out.stdout.strip() == "True"
+    assert _python(f"import sys, tandem\ntandem.train\n{loaded}") == "lightgbm,onnx,pandas,sklearn,torch"
