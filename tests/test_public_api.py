@@ -33,4 +33,7 @@ def test_inference_imports_no_training_library() -> None:
     loaded = f"print(','.join(sorted(m for m in {heavy} if m in sys.modules)))"
     assert _python(f"import sys, tandem.inference, tandem\ntandem.load\n{loaded}") == ""
     # and the training side really does load them, so the check above can fail
-    assert _python(f"import sys, tandem\ntandem.train\n{loaded}") == "lightgbm,onnx,pandas,sklearn,torch"
+    assert (
+        _python(f"import sys, tandem\ntandem.train\n{loaded}")
+        == "lightgbm,onnx,pandas,sklearn,torch"
+    )

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tandem.bundle.graph import GraphBuilder
-from tandem.bundle.manifest import graph_feed
+from tandem.bundle.manifest import graph_feed, split_kinds
 from tandem.data.schema import ColumnSpec
 from tandem.features.preprocess import MAX_CATEGORIES, Preprocessor
 
@@ -41,7 +41,9 @@ def test_graph_computes_exactly_what_transform_computes(
     new = {"u": new_num[:, 0], "v": new_num[:, 1], "c": np.array(new_cat[:m], dtype=object)}
     pre = Preprocessor(specs).fit(train)
     expected = pre.transform(new)
-    got = _graph(pre).run(None, graph_feed(pre.columns, new))[0]
+    numeric, categorical = split_kinds(pre.columns)
+    feed = graph_feed([new[c.name] for c in numeric], [new[c.name] for c in categorical])
+    got = _graph(pre).run(None, feed)[0]
     assert got.shape == expected.shape == (m, len(pre.feature_names))
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
     assert not np.isnan(got).any()  # every missing value is imputed

@@ -148,3 +148,29 @@ def test_bad_input_names_the_problem_and_registers_nothing(
             tandem.train(change(mixed_table(200)), **args)
         assert reg.list_models() == []
     assert _artifacts_empty(home)
+
+
+def test_mlp_regression_on_a_large_target_freezes_within_the_scaled_tolerance(
+    registry: Registry,
+) -> None:
+    """float32 cannot hold 1e-5 on values near 1,000; parity is judged in target spreads."""
+    table = mixed_table(400, regression=True)
+    big = pa.array(np.asarray(table.column("target").to_numpy()) * 300 + 1000)
+    result = tandem.train(
+        table.set_column(5, "target", big),
+        target="target",
+        name="big",
+        model="mlp",
+        registry=registry,
+    )
+    spread = float(np.std(big.to_numpy()))
+    assert 1e-5 < spread * PARITY_TOLERANCE and result.parity_max_abs <= spread * PARITY_TOLERANCE
+
+
+def test_classification_ties_on_accuracy_go_to_the_lower_log_loss() -> None:
+    from tandem.training.train import Candidate, _rank_key
+
+    sure = Candidate("gbdt", {"accuracy": 1.0, "log_loss": 0.01}, {}, 1.0)
+    unsure = Candidate("linear", {"accuracy": 1.0, "log_loss": 0.3}, {}, 1.0)
+    worse = Candidate("mlp", {"accuracy": 0.9, "log_loss": 0.001}, {}, 1.0)
+    assert max([unsure, sure, worse], key=_rank_key("classification")) is sure

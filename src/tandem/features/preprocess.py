@@ -111,7 +111,11 @@ class Preprocessor:
         :meth:`transform`; returns the name of the (N, n_features) double tensor."""
         parts = []
         if self.numeric:
-            x = g.input(NUMERIC_INPUT, "double", [None, len(self.numeric)])
+            x = g.node(
+                "Transpose",
+                [g.input(NUMERIC_INPUT, "double", [len(self.numeric), None])],
+                perm=[1, 0],
+            )
             missing = g.node("IsNaN", [x])
             filled = g.node("Where", [missing, g.const(self.medians_, "median"), x])
             centred = g.node("Sub", [filled, g.const(self.means_, "mean")])
@@ -122,9 +126,12 @@ class Preprocessor:
                     g.node("Gather", [as_num, g.const(self.indicators_.astype(np.int64))], axis=1)
                 )
         if self.categorical:
-            strings = g.input(CATEGORICAL_INPUT, "string", [None, len(self.categorical)])
+            strings = g.input(CATEGORICAL_INPUT, "string", [len(self.categorical), None])
+            # transpose first: ONNX Runtime 1.31's Gather along axis 0 of a string tensor
+            # returns wrong values (measured), along axis 1 it is right
+            by_row = g.node("Transpose", [strings], perm=[1, 0])
         for j, c in enumerate(self.categorical):
-            column = g.node("Gather", [strings, g.const(np.array([j], dtype=np.int64))], axis=1)
+            column = g.node("Gather", [by_row, g.const(np.array([j], dtype=np.int64))], axis=1)
             codes = g.node(
                 "LabelEncoder",
                 [column],

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from tandem.bundle import Bundle, Manifest
-from tandem.bundle.manifest import graph_feed
+from tandem.bundle.manifest import graph_feed, split_kinds
 from tandem.data.schema import coerce_column
 from tandem.errors import SchemaError
 from tandem.inference.runtime import make_session
@@ -45,6 +45,7 @@ class Predictor:
         self._session = make_session(bundle.graph, threads=threads)
         self._outputs = [self.manifest.output]
         self._names = [c.name for c in self.manifest.inputs]
+        self._numeric, self._categorical = split_kinds(self.manifest.inputs)
         self._classes = np.asarray(self.manifest.classes) if self.manifest.classes else None
         self.output_columns = (
             ["label", *(f"proba_{c}" for c in self.manifest.classes)]
@@ -73,24 +74,16 @@ class Predictor:
         )
 
     def encode(self, columns: Columns) -> dict[str, np.ndarray]:
-        """The graph inputs: an (n, k) float64 matrix of the numeric columns and an (n, m)
-        string matrix of the categorical ones."""
-        coerced = {}
-        for spec in self.manifest.inputs:
-            values = columns[spec.name]
-            # the hot path of the columnar API: float64 arrays go to the graph as they are
-            if (
-                type(values) is np.ndarray
-                and values.dtype is _FLOAT64
-                and spec.kind != "categorical"
-            ):
-                coerced[spec.name] = values.reshape(-1)
-            else:
-                coerced[spec.name] = coerce_column(spec, values)
+        """The graph inputs: a (k, n) float64 matrix of the numeric columns and an (m, n)
+        string matrix of the categorical ones (see :func:`tandem.bundle.manifest.graph_feed`)."""
+        numeric = [columns[c.name] for c in self._numeric]
+        if not _all_float_arrays(numeric) and not _all_number_lists(numeric):
+            numeric = [coerce_column(c, v) for c, v in zip(self._numeric, numeric, strict=True)]
+        categorical = [coerce_column(c, columns[c.name]) for c in self._categorical]
         try:
-            return graph_feed(self.manifest.inputs, coerced)
+            return graph_feed(numeric, categorical)
         except ValueError:
-            lengths = {name: len(v) for name, v in coerced.items()}
+            lengths = {c.name: len(columns[c.name]) for c in self.manifest.inputs}
             raise SchemaError(
                 f"columns have different lengths {lengths}: every column needs one value per row"
             ) from None
@@ -141,6 +134,19 @@ class Predictor:
 
 
 _FLOAT64 = np.dtype(np.float64)
+
+
+def _all_float_arrays(columns: list[Any]) -> bool:
+    """Already what the graph takes: 1-D float64 arrays (the columnar API's hot path)."""
+    return all(type(v) is np.ndarray and v.dtype is _FLOAT64 and v.ndim == 1 for v in columns)
+
+
+def _all_number_lists(columns: list[Any]) -> bool:
+    """Lists of plain int/float (the row API's hot path); anything else is coerced one by one,
+    so text is refused rather than parsed."""
+    return all(
+        type(v) is list and all(type(x) is float or type(x) is int for x in v) for v in columns
+    )
 
 
 def _pick(names: list[str], get: Callable[[str], Any], have: Iterable[str]) -> Columns:
