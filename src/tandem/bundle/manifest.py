@@ -45,7 +45,8 @@ def graph_feed(numeric: Sequence[Any], categorical: Sequence[Any]) -> dict[str, 
     """The graph's inputs from coerced columns (see :func:`tandem.data.schema.coerce_column`).
 
     Args:
-        numeric: the numeric and boolean columns in signature order, float64 of shape (n,).
+        numeric: the numeric and boolean columns in signature order, float64 of shape (n,),
+            or already stacked as a (k, n) float64 matrix.
         categorical: the categorical columns in signature order, str objects of shape (n,).
 
     Returns:
@@ -56,8 +57,8 @@ def graph_feed(numeric: Sequence[Any], categorical: Sequence[Any]) -> dict[str, 
         ValueError: when the columns differ in length.
     """
     feed = {}
-    if numeric:
-        feed[NUMERIC_INPUT] = np.array(numeric, dtype=np.float64)
+    if isinstance(numeric, np.ndarray) or numeric:
+        feed[NUMERIC_INPUT] = np.asarray(numeric, dtype=np.float64)
     if categorical:
         feed[CATEGORICAL_INPUT] = np.array(categorical, dtype=object)
     if any(v.ndim != 2 for v in feed.values()):

@@ -76,8 +76,14 @@ class Predictor:
     def encode(self, columns: Columns) -> dict[str, np.ndarray]:
         """The graph inputs: a (k, n) float64 matrix of the numeric columns and an (m, n)
         string matrix of the categorical ones (see :func:`tandem.bundle.manifest.graph_feed`)."""
-        numeric = [columns[c.name] for c in self._numeric]
-        if not _all_float_arrays(numeric) and not _all_number_lists(numeric):
+        numeric: Any = [columns[c.name] for c in self._numeric]
+        # one numpy call for the common case (float arrays, lists of plain numbers); whatever
+        # does not come out as a 2-D numeric matrix (None, text, ragged) is coerced column by
+        # column, which refuses text rather than parsing it and names the column
+        stacked = _stack_numbers(numeric)
+        if stacked is not None:
+            numeric = stacked
+        else:
             numeric = [coerce_column(c, v) for c, v in zip(self._numeric, numeric, strict=True)]
         categorical = [coerce_column(c, columns[c.name]) for c in self._categorical]
         try:
@@ -133,20 +139,16 @@ class Predictor:
         return self.decode(self.forward(self.encode(self.preprocess(columns))))
 
 
-_FLOAT64 = np.dtype(np.float64)
-
-
-def _all_float_arrays(columns: list[Any]) -> bool:
-    """Already what the graph takes: 1-D float64 arrays (the columnar API's hot path)."""
-    return all(type(v) is np.ndarray and v.dtype is _FLOAT64 and v.ndim == 1 for v in columns)
-
-
-def _all_number_lists(columns: list[Any]) -> bool:
-    """Lists of plain int/float (the row API's hot path); anything else is coerced one by one,
-    so text is refused rather than parsed."""
-    return all(
-        type(v) is list and all(type(x) is float or type(x) is int for x in v) for v in columns
-    )
+def _stack_numbers(columns: list[Any]) -> np.ndarray | None:
+    if not columns:
+        return None
+    try:
+        stacked = np.array(columns)
+    except ValueError:  # ragged
+        return None
+    if stacked.ndim != 2 or stacked.dtype.kind not in "fiub":
+        return None
+    return stacked.astype(np.float64, copy=False)
 
 
 def _pick(names: list[str], get: Callable[[str], Any], have: Iterable[str]) -> Columns:
