@@ -65,21 +65,26 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 
 def _leaderboard(result: Any) -> Table:
+    from tandem.models.auto import CV_FOLDS  # training is loaded by now; other commands skip it
+
     metric = "accuracy" if result.task == "classification" else "r2"
-    table = Table(title=f"leaderboard ({metric}; picked on validation)")
-    for col in ("family", f"validation {metric}", f"test {metric}", "seconds", ""):
+    cv = any(c.cv for c in result.leaderboard)
+    ranked = f"{CV_FOLDS}-fold cross-validation" if cv else "validation"
+    table = Table(title=f"leaderboard ({metric}; picked on {ranked})")
+    for col in (
+        "family",
+        *([f"cv {metric}"] if cv else []),
+        f"validation {metric}",
+        f"test {metric}",
+        "seconds",
+        "",
+    ):
         table.add_column(col)
     for c in result.leaderboard:
-        if c.error:
-            table.add_row(c.family, "failed", c.error[:60], f"{c.seconds:.1f}", "")
-        else:
-            table.add_row(
-                c.family,
-                f"{c.validation[metric]:.4f}",
-                f"{c.test[metric]:.4f}",
-                f"{c.seconds:.1f}",
-                "← chosen" if c.chosen else "",
-            )
+        scores = [c.cv.get(metric), c.validation.get(metric), c.test.get(metric)][0 if cv else 1 :]
+        cells = ["-" if v is None else f"{v:.4f}" for v in scores]
+        note = f"failed: {c.error[:50]}" if c.error else ("← chosen" if c.chosen else "")
+        table.add_row(c.family, *cells, f"{c.seconds:.1f}", note)
     return table
 
 

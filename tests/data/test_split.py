@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tandem.data.split import MIN_ROWS, split_indices
+from tandem.data.split import MIN_ROWS, kfold_indices, split_indices
 from tandem.errors import DataError
 
 
@@ -48,3 +48,22 @@ def test_too_few_rows_and_bad_fractions() -> None:
         split_indices(MIN_ROWS - 1)
     with pytest.raises(DataError, match="sum to 1"):
         split_indices(100, fractions=(0.5, 0.2, 0.2))
+
+
+@given(
+    n=st.integers(MIN_ROWS, 2000),
+    k=st.integers(2, 10),
+    seed=st.integers(0, 2**31),
+    classes=st.integers(1, 5),
+)
+def test_kfold_partitions_rows_into_balanced_folds(n: int, k: int, seed: int, classes: int) -> None:
+    labels = np.random.default_rng(seed).integers(0, classes, size=n)
+    folds = kfold_indices(n, k=k, labels=labels, seed=seed)
+    assert len(folds) == k
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(n))
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 1
+    for c in np.unique(labels):
+        per_fold = [int(np.sum(labels[f] == c)) for f in folds]
+        assert max(per_fold) - min(per_fold) <= 1
+        assert sum(per_fold) == int(np.sum(labels == c))

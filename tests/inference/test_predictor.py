@@ -113,3 +113,33 @@ def test_columns_of_different_lengths_are_refused(trained: tuple[Predictor, pa.T
     columns["x2"] = columns["x2"][:-1]
     with pytest.raises(SchemaError, match="different lengths.*'x2': 49"):
         predictor.predict(columns)
+
+
+def test_a_numeric_matrix_in_signature_order_predicts_like_its_columns(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    table = pa.table(
+        {"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": (x[:, 0] - x[:, 2] > 0).astype(int)}
+    )
+    with Registry(Settings(home=tmp_path)) as reg:
+        tandem.train(table, target="y", name="m", model="linear", registry=reg)
+        predictor = tandem.load("m", registry=reg)
+    assert predictor.input_names == ["a", "b", "c"]
+    for rows in (x[:1], x[:50], np.asfortranarray(x[:50]), x[:50].astype(np.float32)):
+        by_matrix = predictor.predict(rows)
+        by_columns = predictor.predict({n: rows[:, j] for j, n in enumerate(predictor.input_names)})
+        for name in predictor.output_columns:
+            np.testing.assert_array_equal(by_matrix[name], by_columns[name])
+    with pytest.raises(SchemaError, match=r"shape \(n, 3\).*\['a', 'b', 'c'\]"):
+        predictor.predict(x[:, :2])
+
+
+def test_a_matrix_for_a_model_with_categories_goes_column_by_column(
+    trained: tuple[Predictor, pa.Table],
+) -> None:
+    predictor, rows = trained
+    matrix = np.array(
+        [[r[n] for n in predictor.input_names] for r in rows.to_pylist()], dtype=object
+    )
+    by_matrix = predictor.predict(matrix)
+    assert list(by_matrix["label"]) == predictor.predict(rows).column("label").to_pylist()

@@ -10,6 +10,8 @@ import pytest
 import tandem
 from tandem import Registry, Settings
 from tandem.errors import ConfigError, DataError, UsageError
+from tandem.models import auto
+from tandem.models.auto import Candidate, rank_key
 from tandem.training.train import PARITY_TOLERANCE
 from tests.helpers import mixed_table
 
@@ -45,20 +47,33 @@ def test_bundle_predictions_match_the_in_memory_pipeline(
         assert result.version.metrics["accuracy"] > 1 / classes + 0.15
 
 
-def test_auto_trains_every_family_and_keeps_the_best_on_validation(registry: Registry) -> None:
+def test_auto_on_small_data_ranks_families_by_cross_validation(registry: Registry) -> None:
     result = tandem.train(
-        mixed_table(400), target="target", name="auto", registry=registry, time_budget=30
+        mixed_table(400), target="target", name="auto", registry=registry, time_budget=60
     )
     board = {c.family: c for c in result.leaderboard}
     assert set(board) == {"linear", "gbdt", "mlp"}
     chosen = [c for c in result.leaderboard if c.chosen]
     assert len(chosen) == 1 and chosen[0].family == result.family
-    assert chosen[0].validation["accuracy"] == max(
-        c.validation["accuracy"] for c in result.leaderboard
-    )
+    assert all(c.cv and 0 <= c.cv["accuracy"] <= 1 for c in result.leaderboard)
+    assert chosen[0] == max(result.leaderboard, key=rank_key("classification"))
     manifest = tandem.load("auto", registry=registry).manifest
     assert manifest.family == result.family
     assert [c["family"] for c in manifest.details["leaderboard"]] == ["linear", "gbdt", "mlp"]
+
+
+def test_auto_on_larger_data_ranks_by_the_validation_split(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auto, "CV_MAX_ROWS", 100)
+    result = tandem.train(
+        mixed_table(400), target="target", name="auto", registry=registry, time_budget=60
+    )
+    assert all(c.cv == {} for c in result.leaderboard)
+    best = max(
+        result.leaderboard, key=lambda c: (c.validation["accuracy"], -c.validation["log_loss"])
+    )
+    assert best.chosen
 
 
 def test_manifest_carries_signature_reference_statistics_and_profile(registry: Registry) -> None:
@@ -168,9 +183,8 @@ def test_mlp_regression_on_a_large_target_freezes_within_the_scaled_tolerance(
 
 
 def test_classification_ties_on_accuracy_go_to_the_lower_log_loss() -> None:
-    from tandem.training.train import Candidate, _rank_key
 
     sure = Candidate("gbdt", {"accuracy": 1.0, "log_loss": 0.01}, {}, 1.0)
     unsure = Candidate("linear", {"accuracy": 1.0, "log_loss": 0.3}, {}, 1.0)
     worse = Candidate("mlp", {"accuracy": 0.9, "log_loss": 0.001}, {}, 1.0)
-    assert max([unsure, sure, worse], key=_rank_key("classification")) is sure
+    assert max([unsure, sure, worse], key=rank_key("classification")) is sure

@@ -41,7 +41,9 @@ NUMERIC_INPUT = "numeric"
 CATEGORICAL_INPUT = "categorical"
 
 
-def graph_feed(numeric: Sequence[Any], categorical: Sequence[Any]) -> dict[str, np.ndarray]:
+def graph_feed(
+    numeric: Sequence[Any] | np.ndarray, categorical: Sequence[Any]
+) -> dict[str, np.ndarray]:
     """The graph's inputs from coerced columns (see :func:`tandem.data.schema.coerce_column`).
 
     Args:

@@ -8,7 +8,7 @@ import numpy as np
 
 from tandem.errors import DataError
 
-__all__ = ["MIN_ROWS", "Split", "split_indices"]
+__all__ = ["MIN_ROWS", "Split", "kfold_indices", "split_indices"]
 
 #: fewer rows than this cannot give three usable splits
 MIN_ROWS = 20
@@ -74,3 +74,27 @@ def split_indices(
         parts[2].append(members[n_train + n_val :])
     train, val, test = (rng.permutation(np.concatenate(p)) for p in parts)
     return Split(train, val, test)
+
+
+def kfold_indices(
+    n_rows: int, *, k: int, labels: np.ndarray | None = None, seed: int = 0
+) -> list[np.ndarray]:
+    """Shuffle ``range(n_rows)`` into ``k`` folds of near-equal size, each class spread evenly.
+
+    Example:
+        >>> [len(f) for f in kfold_indices(10, k=3)]
+        [4, 3, 3]
+    """
+    if not 2 <= k <= n_rows:
+        raise DataError(f"cross-validation needs 2 <= k <= {n_rows} rows; got k={k}")
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        order = rng.permutation(n_rows)
+    else:
+        # class by class, so dealing rows round-robin gives every fold its share of each class
+        _, inverse = np.unique(labels, return_inverse=True)
+        order = np.concatenate(
+            [rng.permutation(np.flatnonzero(inverse == c)) for c in range(int(inverse.max()) + 1)]
+        )
+    folds = [order[i::k] for i in range(k)]
+    return [np.sort(f) for f in folds]

@@ -12,7 +12,7 @@ Only numpy, pyarrow and onnxruntime are imported here: no torch, scikit-learn or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from tandem.inference.runtime import make_session
 
 __all__ = ["Predictor"]
 
-Columns = dict[str, Any]
+Columns = Mapping[str, Any]
 
 
 class Predictor:
@@ -53,11 +53,23 @@ class Predictor:
             else ["prediction"]
         )
 
+    @property
+    def input_names(self) -> list[str]:
+        """The signature's columns, in the order a matrix of rows must follow."""
+        return list(self._names)
+
     # -- the five steps ---------------------------------------------------------------------
 
     def preprocess(self, rows: Any) -> Columns:
         """Pull the signature's columns out of ``rows``; extra columns are ignored."""
         names = self._names
+        if isinstance(rows, np.ndarray):
+            if rows.ndim != 2 or rows.shape[1] != len(names):
+                raise SchemaError(
+                    f"a matrix of rows needs shape (n, {len(names)}), one column per input in this "
+                    f"order: {names}; got shape {rows.shape}"
+                )
+            return _MatrixColumns(rows, names)
         if isinstance(rows, Mapping):
             if _is_columnar(rows):
                 return _pick(names, rows.__getitem__, rows)
@@ -76,6 +88,14 @@ class Predictor:
     def encode(self, columns: Columns) -> dict[str, np.ndarray]:
         """The graph inputs: a (k, n) float64 matrix of the numeric columns and an (m, n)
         string matrix of the categorical ones (see :func:`tandem.bundle.manifest.graph_feed`)."""
+        if (
+            isinstance(columns, _MatrixColumns)
+            and not self._categorical
+            and columns.matrix.dtype.kind in "fiub"
+        ):
+            # all-numeric rows in signature order: the graph's column-major input is the
+            # transpose, a view (contiguous at one row)
+            return graph_feed(columns.matrix.T, [])
         numeric: Any = [columns[c.name] for c in self._numeric]
         # one numpy call for the common case (float arrays, lists of plain numbers); whatever
         # does not come out as a 2-D numeric matrix (None, text, ragged) is coerced column by
@@ -113,6 +133,8 @@ class Predictor:
             return pa.table(decoded)
         if _is_dataframe(rows):
             return type(rows)(decoded, index=rows.index)
+        if isinstance(rows, np.ndarray):
+            return decoded
         if isinstance(rows, Mapping):
             if _is_columnar(rows):
                 return decoded
@@ -125,18 +147,37 @@ class Predictor:
         """Predictions for ``rows``, in the same kind of container.
 
         Args:
-            rows: a DataFrame, Arrow table, list of dicts, dict of columns (n values each) or one
-                dict (one row). Columns outside the signature are ignored.
+            rows: a DataFrame, Arrow table, list of dicts, dict of columns (n values each), one
+                dict (one row), or a 2-D numpy array of shape (n, k) whose columns follow
+                :attr:`input_names`. Columns outside the signature are ignored.
 
         Returns:
             columns ``label`` and ``proba_<class>`` per class for classification, or
-            ``prediction`` for regression, row for row.
+            ``prediction`` for regression, row for row; a dict of numpy columns for a dict of
+            columns or a matrix.
         """
         return self.postprocess(self.decode(self.forward(self.encode(self.preprocess(rows)))), rows)
 
     def predict_columns(self, columns: Columns) -> dict[str, np.ndarray]:
         """The fast path: a dict of columns in, a dict of numpy columns out."""
         return self.decode(self.forward(self.encode(self.preprocess(columns))))
+
+
+class _MatrixColumns(Mapping[str, np.ndarray]):
+    """An (n, k) matrix of rows seen as its k named columns, without copying."""
+
+    def __init__(self, matrix: np.ndarray, names: list[str]) -> None:
+        self.matrix = matrix
+        self._index = {name: j for j, name in enumerate(names)}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.matrix[:, self._index[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 def _stack_numbers(columns: list[Any]) -> np.ndarray | None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,12 +28,12 @@ from tandem.data.profile import profile_columns
 from tandem.data.readers import read_table
 from tandem.data.schema import ColumnSpec, Task, coerce_column, infer_columns, infer_task
 from tandem.data.split import Split, split_indices
-from tandem.errors import ConfigError, DataError, TandemError, TrainingError
+from tandem.errors import ConfigError, DataError, TrainingError
 from tandem.features.preprocess import Preprocessor
 from tandem.ledger.meter import Meter, Profile
-from tandem.models import FAMILIES, Family, FitContext
+from tandem.models import FAMILIES, Family
+from tandem.models.auto import Candidate, fit_candidates, rank_key
 from tandem.registry import ModelVersion, Registry, VersionRecord, validate_name
-from tandem.training.metrics import score
 
 __all__ = ["PARITY_TOLERANCE", "Candidate", "Pipeline", "ProgressEvent", "TrainResult", "train"]
 
@@ -50,28 +48,6 @@ class ProgressEvent:
     step: int
     total: int
     message: str
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One family's result on the leaderboard."""
-
-    family: str
-    validation: dict[str, float]
-    test: dict[str, float]
-    seconds: float
-    chosen: bool = False
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "family": self.family,
-            "validation": self.validation,
-            "test": self.test,
-            "seconds": self.seconds,
-            "chosen": self.chosen,
-            "error": self.error,
-        }
 
 
 @dataclass(frozen=True)
@@ -206,14 +182,6 @@ def _parity(
     return float(np.max(np.abs(frozen - live))) if frozen.size else 0.0
 
 
-def _rank_key(task: Task) -> Callable[[Candidate], tuple[float, ...]]:
-    """Validation score, higher first; classification ties (common on small validation
-    splits) go to the lower log loss."""
-    if task == "classification":
-        return lambda c: (c.validation["accuracy"], -c.validation["log_loss"])
-    return lambda c: (c.validation["r2"],)
-
-
 def _freeze_best(
     leaderboard: list[Candidate],
     fitted: dict[str, Family],
@@ -232,7 +200,7 @@ def _freeze_best(
     )
     failures: dict[str, str] = {}
     for candidate in sorted(
-        (c for c in leaderboard if c.error is None), key=_rank_key(prep.task), reverse=True
+        (c for c in leaderboard if c.error is None), key=rank_key(prep.task), reverse=True
     ):
         family = fitted[candidate.family]
         graph = _build_graph(pre, family, prep.task)
@@ -320,9 +288,10 @@ def train(
         }
         pre = Preprocessor(prep.specs).fit(parts["train"])
         X = {k: pre.transform(v) for k, v in parts.items()}
-        leaderboard, fitted = _fit_candidates(
-            names, X, ys, prep, seed, time_budget, on_progress, total
-        )
+        leaderboard, fitted = fit_candidates(
+            names, X, ys, task=prep.task, n_classes=len(prep.classes), seed=seed, time_budget=time_budget,
+            on_start=lambda i, fam: _notify(on_progress, ProgressEvent(i + 1, total, f"training {fam}")),
+        )  # fmt: skip
         _notify(on_progress, ProgressEvent(total - 2, total, "freezing and verifying"))
         leaderboard, best, graph, parity = _freeze_best(
             leaderboard, fitted, pre, prep, parts["test"], X["test"], ys["train"]
@@ -388,46 +357,3 @@ def train(
         Pipeline(pre, family),
         split,
     )
-
-
-def _fit_candidates(
-    names: list[str],
-    X: dict[str, np.ndarray],
-    ys: dict[str, np.ndarray],
-    prep: _Prepared,
-    seed: int,
-    time_budget: float | None,
-    on_progress: Callable[[ProgressEvent], None] | None,
-    total: int,
-) -> tuple[list[Candidate], dict[str, Family]]:
-    started = time.monotonic()
-    end = math.inf if time_budget is None else started + time_budget
-    leaderboard: list[Candidate] = []
-    fitted: dict[str, Family] = {}
-    for i, fam_name in enumerate(names):
-        _notify(on_progress, ProgressEvent(i + 1, total, f"training {fam_name}"))
-        now = time.monotonic()
-        # an equal share of what is left, so a fast family leaves its time to the next
-        deadline = now + (end - now) / (len(names) - i) if math.isfinite(end) else math.inf
-        ctx = FitContext(task=prep.task, n_classes=len(prep.classes), seed=seed, deadline=deadline)
-        try:
-            family = FAMILIES[fam_name]().fit(
-                X["train"], ys["train"], X["validation"], ys["validation"], ctx
-            )
-            val = score(prep.task, ys["validation"], family.predict(X["validation"]))
-            test = score(prep.task, ys["test"], family.predict(X["test"]))
-        except TandemError:
-            raise
-        except Exception as exc:
-            if len(names) == 1:
-                raise TrainingError(f"training {fam_name} failed: {exc}") from exc
-            log.warning("candidate %s failed: %s", fam_name, exc)
-            leaderboard.append(Candidate(fam_name, {}, {}, time.monotonic() - now, error=str(exc)))
-            continue
-        fitted[fam_name] = family
-        leaderboard.append(Candidate(fam_name, val, test, time.monotonic() - now))
-    if not fitted:
-        raise TrainingError(
-            "every candidate failed: " + "; ".join(f"{c.family}: {c.error}" for c in leaderboard)
-        )
-    return leaderboard, fitted
