@@ -1,7 +1,8 @@
 """``tandem.train``: data in, a registered, verified Bundle out.
 
 read → infer schema and task → split → fit preprocessing on train → fit the candidate
-families (within the time budget) → pick by validation score → build one ONNX graph →
+families (within the time budget) → pick by validation (small data: cross-validation)
+score → build one ONNX graph →
 check its predictions against the in-memory model on the test split → register.
 Nothing is registered unless every step succeeds.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -82,7 +83,6 @@ class TrainResult:
 
 @dataclass
 class _Prepared:
-    table_rows: int
     specs: list[ColumnSpec]
     columns: dict[str, np.ndarray]
     y: np.ndarray
@@ -149,7 +149,7 @@ def _prepare(
         classes, y = [], np.asarray(values, dtype=np.float64)
     specs = infer_columns(table, target=target, ignore=ignore)
     columns = {s.name: coerce_column(s, table.column(s.name)) for s in specs}
-    return _Prepared(table.num_rows, specs, columns, y, task, classes, fingerprint(table))
+    return _Prepared(specs, columns, y, task, classes, fingerprint(table))
 
 
 def _notify(callback: Callable[[ProgressEvent], None] | None, event: ProgressEvent) -> None:
@@ -207,13 +207,7 @@ def _freeze_best(
         parity = _parity(graph, pre, family, test_columns, X_test)
         if parity <= tolerance:
             board = [
-                Candidate(
-                    **{
-                        **c.__dict__,
-                        "chosen": c is candidate,
-                        "error": failures.get(c.family, c.error),
-                    }
-                )
+                replace(c, chosen=c is candidate, error=failures.get(c.family, c.error))
                 for c in leaderboard
             ]
             return board, candidate, graph, parity
@@ -273,19 +267,9 @@ def train(
         split = split_indices(
             len(prep.y), labels=prep.y if prep.task == "classification" else None, seed=seed
         )
-        parts = {
-            k: {c: v[idx] for c, v in prep.columns.items()}
-            for k, idx in (
-                ("train", split.train),
-                ("validation", split.validation),
-                ("test", split.test),
-            )
-        }
-        ys = {
-            "train": prep.y[split.train],
-            "validation": prep.y[split.validation],
-            "test": prep.y[split.test],
-        }
+        rows_of = {"train": split.train, "validation": split.validation, "test": split.test}
+        parts = {k: {c: v[i] for c, v in prep.columns.items()} for k, i in rows_of.items()}
+        ys = {k: prep.y[i] for k, i in rows_of.items()}
         pre = Preprocessor(prep.specs).fit(parts["train"])
         X = {k: pre.transform(v) for k, v in parts.items()}
         leaderboard, fitted = fit_candidates(
@@ -328,9 +312,7 @@ def train(
     )  # fmt: skip
 
     def write(directory: Path, version: int) -> VersionRecord:
-        digest = write_bundle(
-            directory, Manifest(**{**manifest.__dict__, "version": version}), graph
-        )
+        digest = write_bundle(directory, replace(manifest, version=version), graph)
         return VersionRecord(
             digest=digest,
             task=prep.task,
