@@ -31,7 +31,7 @@ def test_demo_trains_registers_predicts_and_compares_phases(home: Path) -> None:
         - report["training"]["rows"]["validation"]
         - report["training"]["rows"]["test"]
     )
-    assert 0.5 < inference["accuracy"] <= 1
+    assert 0.5 < inference["accuracy"] <= 1 and 0.5 < inference["majority_class_accuracy"] < 1
     assert 0 < inference["single_row_p50_us"] <= inference["single_row_p99_us"]
     again = subprocess.run(
         [*TANDEM, "models", "show", "rain@champion", "--json"],
