@@ -143,3 +143,17 @@ def test_a_matrix_for_a_model_with_categories_goes_column_by_column(
     )
     by_matrix = predictor.predict(matrix)
     assert list(by_matrix["label"]) == predictor.predict(rows).column("label").to_pylist()
+
+
+def test_pandas_missing_values_count_as_missing(trained: tuple[Predictor, pa.Table]) -> None:
+    """pd.NA (nullable dtypes) means missing, as None and NaN do, in every container."""
+    predictor, rows = trained
+    records = rows.to_pylist()[:5]
+    with_none = [{**r, "x2": None, "city": None, "rooms": None} for r in records]
+    with_na = [{**r, "x2": pd.NA, "city": pd.NA, "rooms": pd.NA} for r in records]
+    assert predictor.predict(with_na) == predictor.predict(with_none)
+    frame = pd.DataFrame(records).astype({"rooms": "Int64"})
+    frame.loc[0, "rooms"] = pd.NA
+    assert predictor.predict(frame).iloc[0].to_dict() == predictor.predict(
+        {**records[0], "rooms": None}
+    )

@@ -130,8 +130,13 @@ def infer_task(target: pa.ChunkedArray, name: str) -> Task:
     return "classification" if whole and len(values) <= MAX_TARGET_CLASSES else "regression"
 
 
+def _is_na(value: Any) -> bool:
+    # pandas' nullable dtypes hand out pd.NA, which we cannot import here (no pandas at inference)
+    return value is None or type(value).__name__ == "NAType"
+
+
 def _canonical(value: Any) -> str:
-    if value is None:
+    if _is_na(value):
         return MISSING_CATEGORY
     if isinstance(value, float):
         if math.isnan(value):
@@ -185,7 +190,7 @@ def _numbers(name: str, values: Any) -> np.ndarray:
 
 
 def _number(name: str, row: int, value: Any) -> float:
-    if value is None:
+    if _is_na(value):
         return math.nan
     if isinstance(value, int | float | np.number | np.bool_):
         return float(value)
