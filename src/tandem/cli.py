@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Train, freeze, register and serve ML models; measure what each phase costs.",
+    help="Train, freeze, register and predict with ML models; measure what each phase costs.",
 )
 models_app = typer.Typer(
     help="List, show and delete registered models.", invoke_without_command=True
