@@ -65,9 +65,11 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 
 def _leaderboard(result: Any) -> Table:
-    from tandem.models.auto import CV_FOLDS  # training is loaded by now; other commands skip it
+    # training is loaded by now; other commands skip these imports
+    from tandem.models.auto import CV_FOLDS
+    from tandem.training.metrics import PRIMARY
 
-    metric = "accuracy" if result.task == "classification" else "r2"
+    metric = PRIMARY[result.task]
     cv = any(c.cv for c in result.leaderboard)
     ranked = f"{CV_FOLDS}-fold cross-validation" if cv else "validation"
     table = Table(title=f"leaderboard ({metric}; picked on {ranked})")
@@ -290,14 +292,18 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Predict INPUT's rows with a registered model."""
-    from tandem.data.readers import read_table
+    from tandem.data.readers import detect_format, read_table
     from tandem.data.writers import write_table
     from tandem.inference import load
 
-    if output is not None and output.exists():
-        raise UsageError(
-            f"'{output}' already exists: choose a new --output path or remove the file"
-        )
+    if output is not None:
+        detect_format(output)  # an unknown suffix is refused before any work
+        if output.exists():
+            raise UsageError(
+                f"'{output}' already exists: choose a new --output path or remove the file"
+            )
+        if not output.parent.is_dir():
+            raise UsageError(f"the folder of --output '{output}' does not exist: create it first")
     predictor = load(ref)
     predictions = predictor.predict(read_table(input))
     if output is not None:

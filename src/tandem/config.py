@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import URL
+
 __all__ = ["Settings"]
 
 
@@ -34,7 +36,10 @@ class Settings:
 
     @property
     def registry_url(self) -> str:
-        return self.registry or f"sqlite:///{self.home / 'registry.db'}"
+        if self.registry:
+            return self.registry
+        # built, not formatted: a '?', '#' or '%' in the path must not become URL syntax
+        return URL.create("sqlite", database=str(self.home / "registry.db")).render_as_string()
 
     @property
     def artifacts(self) -> Path:

@@ -86,6 +86,14 @@ def test_train_list_show_promote_predict_delete(home: Path, data: Path, tmp_path
         (["predict", "ghost:x", "--input", "{data}"], "ghost:x"),
         (["promote", "ghost", "--alias", "champion"], "names no version"),
         (["train", "{data}", "--name", "m"], "--target"),
+        (
+            ["predict", "ghost", "--input", "{data}", "--output", "{tmp}/nodir/out.csv"],
+            "does not exist",
+        ),
+        (
+            ["predict", "ghost", "--input", "{data}", "--output", "{tmp}/out.txt"],
+            "cannot tell the format",
+        ),
     ],
 )
 def test_bad_usage_exits_2_with_a_message_and_changes_nothing(

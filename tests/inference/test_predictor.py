@@ -157,3 +157,39 @@ def test_pandas_missing_values_count_as_missing(trained: tuple[Predictor, pa.Tab
     assert predictor.predict(frame).iloc[0].to_dict() == predictor.predict(
         {**records[0], "rooms": None}
     )
+
+
+def test_containers_that_do_not_hold_one_value_per_row_are_refused(
+    trained: tuple[Predictor, pa.Table],
+) -> None:
+    predictor, rows = trained
+    columns = {c: rows.column(c).to_numpy(zero_copy_only=False) for c in rows.column_names}
+    with pytest.raises(SchemaError, match=r"column 'x1' must be one value per row.*\(50, 2\)"):
+        predictor.predict({**columns, "x1": np.ones((50, 2))})
+    doubled = rows.append_column("x1", rows.column("x1"))
+    with pytest.raises(SchemaError, match=r"more than one column is named \['x1'\]"):
+        predictor.predict(doubled)
+    frame = rows.to_pandas()
+    with pytest.raises(SchemaError, match=r"more than one column is named \['x1'\]"):
+        predictor.predict(pd.concat([frame, frame[["x1"]]], axis=1))
+    with pytest.raises(
+        SchemaError, match="column 'x1' must hold numbers; got values of type string"
+    ):
+        predictor.predict(rows.set_column(0, "x1", pa.array(["1.5"] * 50)))
+
+
+def test_a_dict_of_series_is_columns_not_one_row(trained: tuple[Predictor, pa.Table]) -> None:
+    predictor, rows = trained
+    out = predictor.predict(rows.to_pandas().to_dict("series"))
+    assert len(out["label"]) == 50
+
+
+def test_a_bare_name_is_a_model_even_beside_a_folder_of_that_name(
+    trained: tuple[Predictor, pa.Table], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    predictor, rows = trained
+    home = predictor.bundle.path.parents[2]
+    (tmp_path / "houses").mkdir()  # a data folder named like the model
+    monkeypatch.chdir(tmp_path)
+    with Registry(Settings(home=home)) as reg:
+        assert tandem.load("houses", registry=reg).predict(rows).equals(predictor.predict(rows))

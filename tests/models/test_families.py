@@ -89,3 +89,17 @@ def _walk(node: dict) -> list[dict]:  # type: ignore[type-arg]
     if "leaf_value" in node:
         return []
     return [node, *_walk(node["left_child"]), *_walk(node["right_child"])]
+
+
+def test_gbdt_stopped_by_the_deadline_keeps_its_best_round() -> None:
+    X, y = _data("classification", 2)
+    noisy = np.random.default_rng(5).permutation(
+        y
+    )  # labels unrelated to X: validation loss rises early
+    # patience larger than the rounds a deadline allows: only the deadline can stop training
+    ctx = FitContext(task="classification", n_classes=2, seed=0, deadline=time.monotonic() + 1.0)
+    model = GBDT(patience=100_000, max_rounds=100_000, learning_rate=0.3).fit(
+        X[:300], noisy[:300], X[300:], noisy[300:], ctx
+    )
+    assert model.booster_.current_iteration() > 50
+    assert model.best_iteration_ < model.booster_.current_iteration() / 2

@@ -461,3 +461,12 @@ def test_a_deleted_version_number_is_never_given_again(registry: Registry) -> No
     registry.delete_version("m", 3)
     assert registry.register("m", writer()).version == 4
     assert [v.version for v in registry.list_versions("m")] == [4, 2, 1]
+
+
+@pytest.mark.parametrize("odd", ["a?b", "c%20d", "e#f"])
+def test_url_characters_in_tandem_home_stay_part_of_the_path(tmp_path: Path, odd: str) -> None:
+    home = tmp_path / odd
+    with Registry(Settings(home=home)) as registry:
+        registry.register("m", writer())
+    assert (home / "registry.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [odd]

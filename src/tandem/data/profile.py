@@ -16,7 +16,8 @@ from tandem.data.schema import MISSING_CATEGORY, ColumnSpec
 __all__ = ["column_profile", "profile_columns"]
 
 N_BINS = 10
-MAX_CATEGORIES = 50
+#: categories kept by name in the reference statistics; the rest are pooled
+MAX_PROFILED = 50
 OTHER = "__other__"
 
 
@@ -47,8 +48,8 @@ def _categorical(values: np.ndarray) -> dict[str, Any]:
     missing = values == MISSING_CATEGORY
     cats, counts = np.unique(values[~missing].astype(str), return_counts=True)
     order = np.argsort(-counts, kind="stable")
-    top = {str(cats[i]): int(counts[i]) for i in order[:MAX_CATEGORIES]}
-    rest = int(counts[order[MAX_CATEGORIES:]].sum())
+    top = {str(cats[i]): int(counts[i]) for i in order[:MAX_PROFILED]}
+    rest = int(counts[order[MAX_PROFILED:]].sum())
     if rest:
         top[OTHER] = rest
     return {

@@ -6,6 +6,7 @@ file formats, and every failure becomes a :class:`~tandem.errors.DataError` nami
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 
 from tandem.errors import DataError
 
-__all__ = ["FORMATS", "detect_format", "list_parts", "read_table"]
+__all__ = ["FORMATS", "check_unique_columns", "detect_format", "list_parts", "read_table"]
 
 #: file suffix -> format name
 FORMATS = {
@@ -70,6 +71,15 @@ def _read_one(path: Path) -> pa.Table:
         raise DataError(f"cannot read '{path}' as {fmt}: {first}") from exc
 
 
+def check_unique_columns(names: list[str], where: str) -> None:
+    """DataError naming any column that appears more than once."""
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
+    if twice:
+        raise DataError(
+            f"{where} has more than one column named {twice}: rename them so each name is unique"
+        )
+
+
 def read_table(path: str | Path) -> pa.Table:
     """Read a whole dataset into memory.
 
@@ -85,6 +95,8 @@ def read_table(path: str | Path) -> pa.Table:
     """
     parts = list_parts(path)
     tables = [_read_one(p) for p in parts]
+    for part, table in zip(parts, tables, strict=True):
+        check_unique_columns(table.column_names, str(part))
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

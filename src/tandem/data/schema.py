@@ -27,6 +27,7 @@ __all__ = [
     "coerce_column",
     "infer_columns",
     "infer_task",
+    "without_infinities",
 ]
 
 ColumnKind = Literal["numeric", "boolean", "categorical"]
@@ -149,7 +150,7 @@ def _canonical(value: Any) -> str:
     return str(value)
 
 
-def category_strings(values: Any) -> np.ndarray:
+def category_strings(values: Any, name: str = "categorical") -> np.ndarray:
     """Values as category strings: ints as ``"3"``, whole floats as ``"3"``, missing as ``""``.
 
     Returns:
@@ -162,6 +163,8 @@ def category_strings(values: Any) -> np.ndarray:
             return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=object)
         values = values.to_numpy(zero_copy_only=False)
     arr = np.asarray(values)
+    if arr.ndim != 1:
+        arr = arr.reshape(_one_dimensional(name, arr))
     if arr.dtype.kind in "iu":
         return arr.astype(str).astype(object)
     return np.fromiter((_canonical(v) for v in arr.ravel()), dtype=object, count=arr.size)
@@ -171,21 +174,52 @@ def _numbers(name: str, values: Any) -> np.ndarray:
     if isinstance(values, pa.ChunkedArray | pa.Array):
         if pa.types.is_null(values.type):
             return np.full(len(values), np.nan)
-        try:
-            values = pc.cast(values, pa.float64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        if not (
+            pa.types.is_integer(values.type)
+            or pa.types.is_floating(values.type)
+            or pa.types.is_boolean(values.type)
+            or pa.types.is_decimal(values.type)
+        ):
+            # text is refused rather than parsed, as for every other container
             raise SchemaError(
                 f"column '{name}' must hold numbers; got values of type {values.type}"
-            ) from exc
-        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
-    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
-        return values.astype(np.float64, copy=False).ravel()
-    # element by element, so that text is refused rather than parsed ("1.5" is not a number)
-    items = values.ravel().tolist() if isinstance(values, np.ndarray) else list(values)
-    if all(type(v) is float or type(v) is int for v in items):
-        return np.array(items, dtype=np.float64)
-    return np.fromiter(
-        (_number(name, i, v) for i, v in enumerate(items)), dtype=np.float64, count=len(items)
+            )
+        out = np.asarray(
+            pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
+        )
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        out = values.astype(np.float64, copy=False).reshape(_one_dimensional(name, values))
+    else:
+        items = (
+            values.reshape(_one_dimensional(name, values)).tolist()
+            if isinstance(values, np.ndarray)
+            else list(values)
+        )
+        if all(type(v) is float or type(v) is int for v in items):
+            out = np.array(items, dtype=np.float64)
+        else:
+            out = np.fromiter(
+                (_number(name, i, v) for i, v in enumerate(items)),
+                dtype=np.float64,
+                count=len(items),
+            )
+    return without_infinities(out)
+
+
+def without_infinities(values: np.ndarray) -> np.ndarray:
+    """±inf as missing (NaN): the graph imputes missing values, and an infinity would turn
+    scaled features, and so probabilities, into NaN. Training and prediction both pass here."""
+    if np.isinf(values).any():
+        values = np.where(np.isinf(values), np.nan, values)
+    return values
+
+
+def _one_dimensional(name: str, values: np.ndarray) -> int:
+    """The length of a column given as shape (n,) or (n, 1); anything else is refused."""
+    if values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1):
+        return int(values.shape[0])
+    raise SchemaError(
+        f"column '{name}' must be one value per row, shape (n,); got an array of shape {values.shape}"
     )
 
 
@@ -212,5 +246,5 @@ def coerce_column(spec: ColumnSpec, values: Any) -> np.ndarray:
         categorical ones.
     """
     if spec.kind == "categorical":
-        return category_strings(values)
+        return category_strings(values, spec.name)
     return _numbers(spec.name, values)

@@ -73,6 +73,12 @@ def split_indices(
         parts[1].append(members[n_train : n_train + n_val])
         parts[2].append(members[n_train + n_val :])
     train, val, test = (rng.permutation(np.concatenate(p)) for p in parts)
+    if len(val) == 0 or len(test) == 0:
+        raise DataError(
+            f"the target has {len(np.unique(inverse))} classes in {n_rows} rows, too few rows per class to "
+            "fill training, validation and test: give more rows per class, or use --task regression if "
+            "the target is a measurement"
+        )
     return Split(train, val, test)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tandem.bundle.graph import GraphBuilder
-from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT
+from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT, split_kinds
 from tandem.data.schema import ColumnSpec
 
 __all__ = ["MAX_CATEGORIES", "Preprocessor"]
@@ -48,11 +48,11 @@ class Preprocessor:
 
     @property
     def numeric(self) -> list[ColumnSpec]:
-        return [c for c in self.columns if c.kind != "categorical"]
+        return split_kinds(self.columns)[0]
 
     @property
     def categorical(self) -> list[ColumnSpec]:
-        return [c for c in self.columns if c.kind == "categorical"]
+        return split_kinds(self.columns)[1]
 
     def fit(self, columns: Mapping[str, np.ndarray]) -> Preprocessor:
         """Learn medians, scales and categories from the training split's coerced columns."""

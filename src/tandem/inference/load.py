@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tandem.bundle import load_bundle
@@ -26,11 +27,18 @@ def load(
         >>> predictor = load("rain@champion")  # doctest: +SKIP
         >>> predictor.predict(rows)  # doctest: +SKIP
     """
-    if isinstance(model, Path) or Path(model).is_dir():
+    if _is_bundle_path(model):
         return Predictor(load_bundle(model), threads=threads)
-    if registry is not None:
-        version = registry.get(model)
-        return Predictor(load_bundle(version.path, expected_digest=version.digest), threads=threads)
-    with Registry() as own:
-        version = own.get(model)
+    if registry is None:
+        with Registry() as own:
+            return load(model, registry=own, threads=threads)
+    version = registry.get(str(model))
     return Predictor(load_bundle(version.path, expected_digest=version.digest), threads=threads)
+
+
+def _is_bundle_path(model: str | Path) -> bool:
+    # a bare word is a registry name even when a folder of that name happens to be in the
+    # working directory (a data folder named like its model is common)
+    if isinstance(model, Path) or os.sep in model or (os.altsep and os.altsep in model):
+        return True
+    return (Path(model) / "manifest.json").is_file()

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from tandem.bundle import Bundle, Manifest
 from tandem.bundle.manifest import graph_feed, split_kinds
-from tandem.data.schema import coerce_column
+from tandem.data.schema import coerce_column, without_infinities
 from tandem.errors import SchemaError
 from tandem.inference.runtime import make_session
 
@@ -45,6 +45,7 @@ class Predictor:
         self._session = make_session(bundle.graph, threads=threads)
         self._outputs = [self.manifest.output]
         self._names = [c.name for c in self.manifest.inputs]
+        self._index = {name: j for j, name in enumerate(self._names)}
         self._numeric, self._categorical = split_kinds(self.manifest.inputs)
         self._classes = np.asarray(self.manifest.classes) if self.manifest.classes else None
         self.output_columns = (
@@ -69,7 +70,7 @@ class Predictor:
                     f"a matrix of rows needs shape (n, {len(names)}), one column per input in this "
                     f"order: {names}; got shape {rows.shape}"
                 )
-            return _MatrixColumns(rows, names)
+            return _MatrixColumns(rows, self._index)
         if isinstance(rows, Mapping):
             if _is_columnar(rows):
                 return _pick(names, rows.__getitem__, rows)
@@ -77,7 +78,11 @@ class Predictor:
         if isinstance(rows, pa.Table | pa.RecordBatch):
             return _pick(names, rows.column, rows.schema.names)
         if _is_dataframe(rows):
-            return _pick(names, lambda n: rows[n].to_numpy(), rows.columns)
+            # training stored column names as strings (a DataFrame's 0, 1, ... became "0", "1")
+            by_name = {str(c): c for c in rows.columns}
+            if len(by_name) != len(rows.columns):
+                _refuse_duplicates(names, rows.columns)
+            return _pick(names, lambda n: rows[by_name[n]].to_numpy(), rows.columns)
         if isinstance(rows, Sequence) and not isinstance(rows, str | bytes):
             return _pick_rows(names, rows)
         raise SchemaError(
@@ -95,7 +100,7 @@ class Predictor:
         ):
             # all-numeric rows in signature order: the graph's column-major input is the
             # transpose, a view (contiguous at one row)
-            return graph_feed(columns.matrix.T, [])
+            return graph_feed(without_infinities(columns.matrix.T), [])
         numeric: Any = [columns[c.name] for c in self._numeric]
         # one numpy call for the common case (float arrays, lists of plain numbers); whatever
         # does not come out as a 2-D numeric matrix (None, text, ragged) is coerced column by
@@ -166,9 +171,9 @@ class Predictor:
 class _MatrixColumns(Mapping[str, np.ndarray]):
     """An (n, k) matrix of rows seen as its k named columns, without copying."""
 
-    def __init__(self, matrix: np.ndarray, names: list[str]) -> None:
+    def __init__(self, matrix: np.ndarray, index: dict[str, int]) -> None:
         self.matrix = matrix
-        self._index = {name: j for j, name in enumerate(names)}
+        self._index = index
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.matrix[:, self._index[name]]
@@ -189,16 +194,24 @@ def _stack_numbers(columns: list[Any]) -> np.ndarray | None:
         return None
     if stacked.ndim != 2 or stacked.dtype.kind not in "fiub":
         return None
-    return stacked.astype(np.float64, copy=False)
+    return without_infinities(stacked.astype(np.float64, copy=False))
 
 
 def _pick(names: list[str], get: Callable[[str], Any], have: Iterable[str]) -> Columns:
     try:
         return {n: get(n) for n in names}
     except KeyError:
-        present = set(have)
+        _refuse_duplicates(names, have)
+        present = {str(h) for h in have}
         missing = [n for n in names if n not in present]
         raise SchemaError(f"missing column(s) {missing}: the model needs {names}") from None
+
+
+def _refuse_duplicates(names: list[str], have: Iterable[Any]) -> None:
+    present = [str(h) for h in have]
+    twice = sorted({n for n in names if present.count(n) > 1})
+    if twice:
+        raise SchemaError(f"more than one column is named {twice}: keep one of each")
 
 
 def _pick_rows(names: list[str], rows: Sequence[Any]) -> Columns:
@@ -226,9 +239,10 @@ _COLUMN_TYPES = (np.ndarray, list, tuple, pa.Array, pa.ChunkedArray)
 
 
 def _is_columnar(mapping: Mapping[str, Any]) -> bool:
-    # a dict of columns holds arrays or lists; one row holds scalars (the first value decides)
+    # a dict of columns holds arrays, lists or Series; one row holds scalars (numpy scalars
+    # have ndim 0); the first value decides
     first = next(iter(mapping.values()), None)
-    return isinstance(first, _COLUMN_TYPES)
+    return isinstance(first, _COLUMN_TYPES) or getattr(first, "ndim", 0) > 0
 
 
 def _records(decoded: dict[str, np.ndarray]) -> list[dict[str, Any]]:

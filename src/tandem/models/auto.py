@@ -22,7 +22,7 @@ from tandem.data.schema import Task
 from tandem.data.split import kfold_indices
 from tandem.errors import TandemError, TrainingError
 from tandem.models import FAMILIES, Family, FitContext
-from tandem.training.metrics import score
+from tandem.training.metrics import PRIMARY, score
 
 __all__ = ["CV_FOLDS", "CV_MAX_ROWS", "Candidate", "fit_candidates", "rank_key"]
 
@@ -64,9 +64,10 @@ class Candidate:
 
 def rank_key(task: Task) -> Callable[[Candidate], tuple[float, ...]]:
     """Higher is better: accuracy, ties to the lower log loss; R² for regression."""
+    primary = PRIMARY[task]
     if task == "classification":
-        return lambda c: (c.ranked_on["accuracy"], -c.ranked_on["log_loss"])
-    return lambda c: (c.ranked_on["r2"],)
+        return lambda c: (c.ranked_on[primary], -c.ranked_on["log_loss"])
+    return lambda c: (c.ranked_on[primary],)
 
 
 def _cross_validate(

@@ -73,16 +73,24 @@ class GBDT(Family):
 
         train = lgb.Dataset(X, y, free_raw_data=False)
         val = lgb.Dataset(X_val, y_val, reference=train)
+        history: dict[str, dict[str, list[float]]] = {}
         self.booster_ = lgb.train(
             self._params(ctx, len(y)),
             train,
             num_boost_round=self.max_rounds,
             valid_sets=[val],
-            callbacks=[lgb.early_stopping(self.patience, verbose=False), stop_at_deadline],
+            callbacks=[
+                lgb.early_stopping(self.patience, verbose=False),
+                lgb.record_evaluation(history),
+                stop_at_deadline,
+            ],
         )
         self.task_ = ctx.task
         self.n_classes_ = ctx.n_classes
-        self.best_iteration_ = self.booster_.best_iteration or self.booster_.current_iteration()
+        # the best validation round, however training stopped: patience, deadline or max rounds
+        # (a deadline stop would otherwise keep the last round, overfit or not)
+        (losses,) = next(iter(history.values())).values()
+        self.best_iteration_ = int(np.argmin(losses)) + 1
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from tandem.bundle.graph import GraphBuilder
+from tandem.errors import TrainingError
 from tandem.models.base import Family, FitContext, probabilities_head
 
 __all__ = ["Linear"]
@@ -32,7 +33,7 @@ class Linear(Family):
             )
             model.fit(X, y)
             if ctx.task == "classification":
-                p = np.clip(model.predict_proba(X_val), 1e-15, 1.0)
+                p = np.clip(_all_classes(model, X_val, ctx.n_classes), 1e-15, 1.0)
                 loss = float(-np.mean(np.log(p[np.arange(len(y_val)), y_val])))
             else:
                 loss = float(np.mean((model.predict(X_val) - y_val) ** 2))
@@ -43,14 +44,19 @@ class Linear(Family):
         assert best is not None
         self.model_ = best[1]
         self.task_ = ctx.task
+        self.n_classes_ = ctx.n_classes
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if self.task_ == "classification":
-            return np.asarray(self.model_.predict_proba(X), dtype=np.float64)
+            return _all_classes(self.model_, X, self.n_classes_)
         return np.asarray(self.model_.predict(X), dtype=np.float64)
 
     def to_onnx(self, g: GraphBuilder, features: str) -> str:
+        if self.task_ == "classification" and len(self.model_.classes_) != self.n_classes_:
+            raise TrainingError(
+                f"the linear model saw {len(self.model_.classes_)} of {self.n_classes_} classes in training and cannot be exported"
+            )
         coef = np.atleast_2d(np.asarray(self.model_.coef_, dtype=np.float64))
         scores = g.node(
             "Add",
@@ -66,3 +72,14 @@ class Linear(Family):
     def describe(self) -> dict[str, Any]:
         reg = "C" if self.task_ == "classification" else "alpha"
         return {"estimator": type(self.model_).__name__, reg: getattr(self.model_, reg)}
+
+
+def _all_classes(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Probabilities of shape (n, n_classes), even where the fit saw only some classes (a
+    cross-validation fold can miss a rare one): absent classes get probability 0."""
+    seen = np.asarray(model.predict_proba(X), dtype=np.float64)
+    if seen.shape[1] == n_classes:
+        return seen
+    out = np.zeros((len(X), n_classes))
+    out[:, model.classes_] = seen
+    return out

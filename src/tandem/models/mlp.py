@@ -5,7 +5,6 @@ exported with ``torch.onnx``.
 from __future__ import annotations
 
 import io
-import time
 import warnings
 from typing import Any
 
@@ -32,7 +31,9 @@ class _Scored(nn.Module):
         self.y_std = y_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x.float())
+        # standardised features beyond ±1e6 are outliers anyway; unclipped, a huge value
+        # overflows float32 and every probability becomes NaN
+        out = self.net(x.clamp(-1e6, 1e6).float())
         if self.task == "classification":
             return torch.softmax(out, dim=1).double()
         return (out * self.y_std + self.y_mean).double()  # type: ignore[no-any-return]
@@ -75,7 +76,6 @@ class MLP(Family):
                 ((y - mean) / std).astype(np.float32),
                 ((y_val - mean) / std).astype(np.float32),
             )
-        started = time.monotonic()
         self.history_ = fit_torch(
             net,
             loss,
@@ -84,7 +84,6 @@ class MLP(Family):
             seed=ctx.seed,
             deadline=ctx.deadline,
         )
-        self.fit_seconds_ = time.monotonic() - started
         self.scored_ = _Scored(net, ctx.task, mean, std).eval()
         self.task_ = ctx.task
         self.n_features_ = X.shape[1]

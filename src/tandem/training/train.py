@@ -9,6 +9,7 @@ Nothing is registered unless every step succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,11 +26,12 @@ from tandem.bundle import Manifest, write_bundle
 from tandem.bundle.graph import GraphBuilder
 from tandem.bundle.manifest import graph_feed, split_kinds
 from tandem.data.profile import profile_columns
-from tandem.data.readers import read_table
+from tandem.data.readers import check_unique_columns, read_table
 from tandem.data.schema import ColumnSpec, Task, coerce_column, infer_columns, infer_task
 from tandem.data.split import Split, split_indices
 from tandem.errors import ConfigError, DataError, TrainingError
 from tandem.features.preprocess import Preprocessor
+from tandem.inference.runtime import make_session
 from tandem.ledger.meter import Meter, Profile
 from tandem.models import FAMILIES, Family
 from tandem.models.auto import Candidate, fit_candidates, rank_key
@@ -92,12 +93,14 @@ class _Prepared:
 
 
 def _as_table(data: str | Path | pa.Table | Any) -> tuple[pa.Table, str]:
-    if isinstance(data, pa.Table):
-        return data, "arrow table"
     if isinstance(data, str | Path):
         return read_table(data), str(data)
     if type(data).__module__.startswith("pandas"):
+        check_unique_columns([str(c) for c in data.columns], "the DataFrame")
         return pa.Table.from_pandas(data, preserve_index=False), "pandas dataframe"
+    if isinstance(data, pa.Table):
+        check_unique_columns(data.column_names, "the table")
+        return data, "arrow table"
     raise DataError(
         f"cannot train on a {type(data).__name__}: give a file or folder path, a pyarrow Table or a pandas DataFrame"
     )
@@ -147,6 +150,14 @@ def _prepare(
                 f"target '{target}' holds {y_raw.type} values: regression needs numbers; use --task classification"
             )
         classes, y = [], np.asarray(values, dtype=np.float64)
+        if not np.isfinite(y).all():
+            raise DataError(
+                f"target '{target}' has {int(np.sum(~np.isfinite(y)))} infinite values: drop those rows or cap them"
+            )
+        if np.ptp(y) == 0:
+            raise DataError(
+                f"target '{target}' has the single value {float(y[0])!r}: there is nothing to predict"
+            )
     specs = infer_columns(table, target=target, ignore=ignore)
     columns = {s.name: coerce_column(s, table.column(s.name)) for s in specs}
     return _Prepared(specs, columns, y, task, classes, fingerprint(table))
@@ -174,7 +185,7 @@ def _parity(
     graph: bytes, pre: Preprocessor, family: Family, columns: dict[str, np.ndarray], X: np.ndarray
 ) -> float:
     """Largest difference between the graph's and the in-memory model's predictions."""
-    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    session = make_session(graph)
     numeric, categorical = split_kinds(pre.columns)
     feed = graph_feed([columns[c.name] for c in numeric], [columns[c.name] for c in categorical])
     frozen = session.run(None, feed)[0]
@@ -203,8 +214,12 @@ def _freeze_best(
         (c for c in leaderboard if c.error is None), key=rank_key(prep.task), reverse=True
     ):
         family = fitted[candidate.family]
-        graph = _build_graph(pre, family, prep.task)
-        parity = _parity(graph, pre, family, test_columns, X_test)
+        try:
+            graph = _build_graph(pre, family, prep.task)
+            parity = _parity(graph, pre, family, test_columns, X_test)
+        except Exception as exc:  # an exporter's failure costs this candidate, not the run
+            failures[candidate.family] = f"export failed: {exc}"
+            continue
         if parity <= tolerance:
             board = [
                 replace(c, chosen=c is candidate, error=failures.get(c.family, c.error))
@@ -256,6 +271,8 @@ def train(
         raise ConfigError(f"unknown model '{model}': choose auto, {', '.join(FAMILIES)}")
     if task not in ("auto", "classification", "regression"):
         raise ConfigError(f"unknown task '{task}': choose auto, classification or regression")
+    if seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer; got {seed}")
     if time_budget is not None and not time_budget > 0:
         raise ConfigError(f"time budget must be a positive number of seconds; got {time_budget}")
     names: list[str] = list(FAMILIES) if model == "auto" else [model]
@@ -322,11 +339,8 @@ def train(
         )
 
     _notify(on_progress, ProgressEvent(total - 1, total, "registering"))
-    if registry is None:
-        with Registry() as own:
-            version = own.register(name, write)
-    else:
-        version = registry.register(name, write)
+    with contextlib.nullcontext(registry) if registry is not None else Registry() as reg:
+        version = reg.register(name, write)
     _notify(on_progress, ProgressEvent(total, total, f"registered {version.ref}"))
     return TrainResult(
         version,
