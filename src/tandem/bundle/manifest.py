@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tandem.data.schema import ColumnSpec, Task
+from tandem.data.schema import ColumnSpec, Task, without_infinities
 from tandem.errors import BundleError
 
 __all__ = [
@@ -60,7 +60,7 @@ def graph_feed(
     """
     feed = {}
     if isinstance(numeric, np.ndarray) or numeric:
-        feed[NUMERIC_INPUT] = np.asarray(numeric, dtype=np.float64)
+        feed[NUMERIC_INPUT] = without_infinities(np.asarray(numeric, dtype=np.float64))
     if categorical:
         feed[CATEGORICAL_INPUT] = np.array(categorical, dtype=object)
     if any(v.ndim != 2 for v in feed.values()):

@@ -208,10 +208,10 @@ def _numbers(name: str, values: Any) -> np.ndarray:
 
 def without_infinities(values: np.ndarray) -> np.ndarray:
     """±inf as missing (NaN): the graph imputes missing values, and an infinity would turn
-    scaled features, and so probabilities, into NaN. Training and prediction both pass here."""
-    if np.isinf(values).any():
-        values = np.where(np.isinf(values), np.nan, values)
-    return values
+    scaled features, and so probabilities, into NaN. Coerced columns (training) and the graph's
+    numeric input (:func:`tandem.bundle.manifest.graph_feed`, prediction) both pass here."""
+    infinite = np.isinf(values)
+    return np.where(infinite, np.nan, values) if infinite.any() else values
 
 
 def _one_dimensional(name: str, values: np.ndarray) -> int:

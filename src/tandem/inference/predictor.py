@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from tandem.bundle import Bundle, Manifest
 from tandem.bundle.manifest import graph_feed, split_kinds
-from tandem.data.schema import coerce_column, without_infinities
+from tandem.data.schema import coerce_column
 from tandem.errors import SchemaError
 from tandem.inference.runtime import make_session
 
@@ -100,7 +100,7 @@ class Predictor:
         ):
             # all-numeric rows in signature order: the graph's column-major input is the
             # transpose, a view (contiguous at one row)
-            return graph_feed(without_infinities(columns.matrix.T), [])
+            return graph_feed(columns.matrix.T, [])
         numeric: Any = [columns[c.name] for c in self._numeric]
         # one numpy call for the common case (float arrays, lists of plain numbers); whatever
         # does not come out as a 2-D numeric matrix (None, text, ragged) is coerced column by
@@ -194,7 +194,7 @@ def _stack_numbers(columns: list[Any]) -> np.ndarray | None:
         return None
     if stacked.ndim != 2 or stacked.dtype.kind not in "fiub":
         return None
-    return without_infinities(stacked.astype(np.float64, copy=False))
+    return stacked
 
 
 def _pick(names: list[str], get: Callable[[str], Any], have: Iterable[str]) -> Columns:

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -84,12 +84,7 @@ def _cross_validate(
         if scores and now > ctx.deadline:
             break  # out of time: the folds done so far still rank
         rest = np.concatenate([f for j, f in enumerate(folds) if j != i])
-        fold_ctx = FitContext(
-            task=ctx.task,
-            n_classes=ctx.n_classes,
-            seed=ctx.seed,
-            deadline=now + (ctx.deadline - now) / (k - i),
-        )
+        fold_ctx = replace(ctx, deadline=now + (ctx.deadline - now) / (k - i))
         family = FAMILIES[name]().fit(X[rest], y[rest], X[held], y[held], fold_ctx)
         scores.append(score(ctx.task, y[held], family.predict(X[held])))
     return {m: float(np.mean([s[m] for s in scores])) for m in scores[0]}
@@ -132,14 +127,14 @@ def fit_candidates(
             if use_cv and math.isfinite(deadline)
             else deadline
         )
-        ctx = FitContext(task=task, n_classes=n_classes, seed=seed, deadline=final_deadline)
+        cv_ctx = FitContext(task=task, n_classes=n_classes, seed=seed, deadline=deadline)
+        ctx = replace(cv_ctx, deadline=final_deadline)
         try:
             family = FAMILIES[name]().fit(
                 X["train"], ys["train"], X["validation"], ys["validation"], ctx
             )
             val = score(task, ys["validation"], family.predict(X["validation"]))
             test = score(task, ys["test"], family.predict(X["test"]))
-            cv_ctx = FitContext(task=task, n_classes=n_classes, seed=seed, deadline=deadline)
             cv = _cross_validate(name, X_pool, y_pool, cv_ctx, CV_FOLDS) if use_cv else {}
         except TandemError:
             raise
