@@ -90,6 +90,20 @@ def _leaderboard(result: Any) -> Table:
     return table
 
 
+def _key_values(pairs: list[str], option: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; a VALUE that reads as JSON (256, 0.1, true) is taken as such."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option} takes KEY=VALUE; got '{pair}'")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="CSV, Parquet or JSONL file, or a folder of parts.")],
@@ -103,6 +117,12 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the split and the models.")] = 0,
     ignore: Annotated[
         list[str] | None, typer.Option(help="A column that is not a feature (repeatable).")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A setting of the chosen family, KEY=VALUE (repeatable), e.g. hidden=256."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -119,6 +139,7 @@ def train(
             time_budget=time_budget,
             seed=seed,
             ignore=ignore or (),
+            params=_key_values(param or [], "--param"),
             on_progress=update,
         )
     if as_json:

@@ -188,3 +188,33 @@ def test_classification_ties_on_accuracy_go_to_the_lower_log_loss() -> None:
     unsure = Candidate("linear", {"accuracy": 1.0, "log_loss": 0.3}, {}, 1.0)
     worse = Candidate("mlp", {"accuracy": 0.9, "log_loss": 0.001}, {}, 1.0)
     assert max([unsure, sure, worse], key=rank_key("classification")) is sure
+
+
+def test_family_params_reach_the_model_and_the_recipe(registry: Registry) -> None:
+    table = mixed_table(300)
+    result = tandem.train(
+        table, target="target", name="m", model="gbdt", params={"max_rounds": 7, "patience": 7},
+        registry=registry,
+    )  # fmt: skip
+    manifest = tandem.load("m", registry=registry).manifest
+    assert manifest.details["recipe"]["params"] == {"max_rounds": 7, "patience": 7}
+    assert 1 <= manifest.details["model"]["best_iteration"] <= 7
+    assert result.family == "gbdt"
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "match"),
+    [
+        ("mlp", {"depth": 3}, r"mlp has no setting\(s\) \['depth'\]; it takes \[.*'hidden'"),
+        ("auto", {"hidden": 8}, "params apply to one family"),
+    ],
+)
+def test_unknown_family_params_are_refused_before_any_work(
+    registry: Registry, model: str, params: dict[str, int], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tandem.train(
+            mixed_table(50), target="target", name="m", model=model, params=params,  # type: ignore[arg-type]
+            registry=registry,
+        )  # fmt: skip
+    assert registry.list_models() == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,7 +71,7 @@ def rank_key(task: Task) -> Callable[[Candidate], tuple[float, ...]]:
 
 
 def _cross_validate(
-    name: str, X: np.ndarray, y: np.ndarray, ctx: FitContext, k: int
+    name: str, X: np.ndarray, y: np.ndarray, ctx: FitContext, k: int, params: Mapping[str, Any]
 ) -> dict[str, float]:
     """Mean metrics of ``k`` fits, each scored on the fold it did not see (and used for its
     early stopping, as the validation split is for the final fit: the same for every family)."""
@@ -85,7 +85,7 @@ def _cross_validate(
             break  # out of time: the folds done so far still rank
         rest = np.concatenate([f for j, f in enumerate(folds) if j != i])
         fold_ctx = replace(ctx, deadline=now + (ctx.deadline - now) / (k - i))
-        family = FAMILIES[name]().fit(X[rest], y[rest], X[held], y[held], fold_ctx)
+        family = FAMILIES[name](**params).fit(X[rest], y[rest], X[held], y[held], fold_ctx)
         scores.append(score(ctx.task, y[held], family.predict(X[held])))
     return {m: float(np.mean([s[m] for s in scores])) for m in scores[0]}
 
@@ -100,6 +100,7 @@ def fit_candidates(
     seed: int,
     time_budget: float | None,
     on_start: Callable[[int, str], None],
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[list[Candidate], dict[str, Family]]:
     """Fit each named family; returns the leaderboard (in ``names`` order) and the fitted models.
 
@@ -108,6 +109,7 @@ def fit_candidates(
         time_budget: seconds shared by the candidates, each getting an equal share of what is
             left (so a fast family leaves its time to the next); None for no limit.
         on_start: called with (index, name) before each candidate.
+        params: constructor arguments per family name (e.g. ``{"mlp": {"hidden": 256}}``).
     """
     started = time.monotonic()
     end = math.inf if time_budget is None else started + time_budget
@@ -130,12 +132,13 @@ def fit_candidates(
         cv_ctx = FitContext(task=task, n_classes=n_classes, seed=seed, deadline=deadline)
         ctx = replace(cv_ctx, deadline=final_deadline)
         try:
-            family = FAMILIES[name]().fit(
+            kwargs = (params or {}).get(name, {})
+            family = FAMILIES[name](**kwargs).fit(
                 X["train"], ys["train"], X["validation"], ys["validation"], ctx
             )
             val = score(task, ys["validation"], family.predict(X["validation"]))
             test = score(task, ys["test"], family.predict(X["test"]))
-            cv = _cross_validate(name, X_pool, y_pool, cv_ctx, CV_FOLDS) if use_cv else {}
+            cv = _cross_validate(name, X_pool, y_pool, cv_ctx, CV_FOLDS, kwargs) if use_cv else {}
         except TandemError:
             raise
         except Exception as exc:

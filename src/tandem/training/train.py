@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -244,6 +245,7 @@ def train(
     time_budget: float | None = None,
     seed: int = 0,
     ignore: Sequence[str] = (),
+    params: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
 ) -> TrainResult:
@@ -258,6 +260,8 @@ def train(
         time_budget: seconds for fitting, shared among the candidates (None: no limit).
         seed: the same seed and data give the same split and the same model.
         ignore: columns that are not features (ids, timestamps).
+        params: settings of the one family named by ``model``, e.g. ``{"hidden": 256}`` for
+            ``mlp`` or ``{"max_rounds": 200}`` for ``gbdt`` (see each family's constructor).
         registry: where to register (default: ``TANDEM_HOME``).
         on_progress: called with a :class:`ProgressEvent` at each step.
 
@@ -276,6 +280,7 @@ def train(
     if time_budget is not None and not time_budget > 0:
         raise ConfigError(f"time budget must be a positive number of seconds; got {time_budget}")
     names: list[str] = list(FAMILIES) if model == "auto" else [model]
+    family_params = _check_params(model, params)
     total = len(names) + 3
     with Meter() as meter:
         _notify(on_progress, ProgressEvent(0, total, "reading data"))
@@ -292,6 +297,7 @@ def train(
         leaderboard, fitted = fit_candidates(
             names, X, ys, task=prep.task, n_classes=len(prep.classes), seed=seed, time_budget=time_budget,
             on_start=lambda i, fam: _notify(on_progress, ProgressEvent(i + 1, total, f"training {fam}")),
+            params=family_params,
         )  # fmt: skip
         _notify(on_progress, ProgressEvent(total - 2, total, "freezing and verifying"))
         leaderboard, best, graph, parity = _freeze_best(
@@ -321,6 +327,7 @@ def train(
             "time_budget": time_budget,
             "seed": seed,
             "ignore": list(ignore),
+            "params": dict(params or {}),
         },
     }
     manifest = Manifest(
@@ -353,3 +360,22 @@ def train(
         Pipeline(pre, family),
         split,
     )
+
+
+def _check_params(model: str, params: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``params`` as {family: kwargs}, refused unless every key is a setting of that family."""
+    if not params:
+        return {}
+    if model == "auto":
+        raise ConfigError(
+            "params apply to one family: pass model='linear', 'gbdt' or 'mlp' with them"
+        )
+    accepted = [
+        p.name
+        for p in inspect.signature(FAMILIES[model].__init__).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ConfigError(f"{model} has no setting(s) {unknown}; it takes {accepted or 'none'}")
+    return {model: dict(params)}
