@@ -351,6 +351,60 @@ def predict(
 
 
 @app.command()
+def serve(
+    refs: Annotated[
+        list[str], typer.Argument(help="Models to serve: NAME, NAME:VERSION or NAME@ALIAS.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 exposes it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one).")] = 8000,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Name of an environment variable holding the API key to require."),
+    ] = None,
+    timeout_ms: Annotated[
+        float, typer.Option(help="Default deadline of a request; clients may set their own.")
+    ] = 1000.0,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Rows per batch (default: learnt from measured batches).")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model.")] = 1,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 16.0,
+    poll_s: Annotated[
+        float, typer.Option(help="Seconds between re-reading followed aliases (0: never).")
+    ] = 1.0,
+) -> None:
+    """Serve models over HTTP: Open Inference Protocol v2 and MLflow /invocations."""
+    import logging
+
+    from tandem.serving import BatcherConfig, ServeOptions
+    from tandem.serving import serve as run_serve
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise UsageError(
+                f"--api-key-env names {api_key_env}, which is not set or empty: export the key in it"
+            )
+    options = ServeOptions(
+        host=host, port=port, api_key=api_key, threads=threads, poll_s=poll_s,
+        max_body=int(max_body_mb * 2**20),
+        batching=BatcherConfig(timeout_s=timeout_ms / 1e3, max_batch=max_batch),
+    )  # fmt: skip
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    def ready(server: Any) -> None:
+        served = ", ".join(m.runner.ref for m in server.models if m.runner is not None)
+        err.print(
+            f"serving {served} on http://{host}:{server.port} (ready in {server.ready_after_s:.2f} s); "
+            "Ctrl-C stops",
+            highlight=False,
+        )
+
+    run_serve(refs, options, on_ready=ready)
+
+
+@app.command()
 def demo(
     time_budget: Annotated[
         float, typer.Option(help="Seconds of fitting for the auto search.")

@@ -39,10 +39,10 @@ class Predictor:
         [{'label': 1, 'proba_0': 0.31, 'proba_1': 0.69}]
     """
 
-    def __init__(self, bundle: Bundle, *, threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, *, threads: int | None = None, spin: bool = True) -> None:
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
-        self._session = make_session(bundle.graph, threads=threads)
+        self._session = make_session(bundle.graph, threads=threads, spin=spin)
         self._outputs = [self.manifest.output]
         self._names = [c.name for c in self.manifest.inputs]
         self._index = {name: j for j, name in enumerate(self._names)}

@@ -1,0 +1,404 @@
+"""The serving application: routes, authentication, the two protocols, metrics.
+
+:class:`App` turns one :class:`~tandem.serving.http.Request` into one
+:class:`~tandem.serving.http.Response` (or an awaitable of one, for inference). It knows
+nothing of sockets: :mod:`tandem.serving.http` and :mod:`tandem.serving.asgi` feed it.
+
+Status codes: 400 a body the protocol or the signature refuses; 401 a missing or wrong API
+key; 404 an unknown route, model or version; 405 a wrong method; 413 too large a body (the
+HTTP layer); 415 a content type ``/invocations`` does not read; 429 a request that would miss
+its deadline in the queue (with ``Retry-After``); 503 while not ready; 504 a request whose
+deadline passed in the queue. Never a stack trace: an unexpected error is logged here and
+answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from tandem.errors import TandemError, UsageError
+from tandem.serving import mlflow, oip
+from tandem.serving.batcher import DeadlineExceededError, Outputs, OverloadedError
+from tandem.serving.http import Request, Response, json_error
+from tandem.serving.metrics import ServerMetrics
+from tandem.serving.models import Runner, ServedModel
+from tandem.serving.openapi import openapi_document
+
+__all__ = ["App"]
+
+log = logging.getLogger("tandem.serving")
+
+#: routes answered without an API key, so that probes need no secret
+OPEN_ROUTES = frozenset({"/v2/health/live", "/v2/health/ready", "/ping"})
+#: the most a request may ask for with timeout_ms
+MAX_TIMEOUT_MS = 600_000.0
+
+Result = Response | Awaitable[Response]
+ErrorFn = Callable[..., Response]
+
+
+class App:
+    """Routes requests to the served models.
+
+    Args:
+        models: the served models by name.
+        api_key: when set, every route but the health probes needs it, as
+            ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
+    """
+
+    def __init__(self, models: Sequence[ServedModel], *, api_key: str | None = None) -> None:
+        from tandem import __version__
+
+        self.models = {m.name: m for m in models}
+        self.metrics = ServerMetrics()
+        self.ready = False
+        self.version = __version__
+        self._key = api_key.encode() if api_key else None
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._openapi = orjson.dumps(openapi_document(__version__, list(self.models)))
+        for m in models:
+            m.on_batch = self._batch_hook
+            m.on_swap = self._swapped
+
+    # -- metrics hooks ---------------------------------------------------------------------------
+
+    def _batch_hook(self, name: str) -> Callable[[int, float], None]:
+        rows = self.metrics.batch_rows.labels(name)
+        seconds = self.metrics.batch_seconds.labels(name)
+
+        def observe(n: int, s: float) -> None:
+            rows.observe(n)
+            seconds.observe(s)
+
+        return observe
+
+    def _swapped(self, runner: Runner) -> None:
+        self.metrics.version.labels(runner.name).set(runner.version)
+        if self.ready:
+            self.metrics.swaps.labels(runner.name).inc()
+
+    def _count(self, model: str, protocol: str, code: int, received: float) -> None:
+        key = (model, protocol, code)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.requests.labels(model, protocol, str(code))
+        counter.inc()
+        if code == 200:
+            self.metrics.latency.labels(model).observe(time.monotonic() - received)
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def __call__(self, request: Request) -> Result:
+        try:
+            return self._route(request)
+        except Exception:
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            return json_error(500, "internal server error")
+
+    def _route(self, request: Request) -> Result:
+        path = request.path
+        if self._key is not None and path not in OPEN_ROUTES and not self._authorized(request):
+            return json_error(
+                401, "missing or wrong API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                www_authenticate='Bearer realm="tandem"',
+            )  # fmt: skip
+        method = request.method
+        if path.startswith("/v2"):
+            return self._v2(request, method, path)
+        if path == "/invocations":
+            return self._need(method, "POST") or self._invocations(request)
+        if path == "/ping":
+            if (wrong := self._need(method, "GET", "HEAD")) is not None:
+                return wrong
+            return Response(200, b"{}") if self.ready else self._not_ready(mlflow.error)
+        if path == "/metrics":
+            if (wrong := self._need(method, "GET")) is not None:
+                return wrong
+            self._refresh_gauges()
+            return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        if path in ("/openapi.json", "/v2/openapi.json"):
+            return self._need(method, "GET") or Response(200, self._openapi)
+        return json_error(404, f"no route {path}: see /openapi.json for the routes served here")
+
+    def _authorized(self, request: Request) -> bool:
+        assert self._key is not None
+        given = request.headers.get("x-api-key")
+        if given is None:
+            auth = request.headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer":
+                return False
+            given = token.strip()
+        return hmac.compare_digest(given.encode("latin-1", "replace"), self._key)
+
+    @staticmethod
+    def _need(method: str, *allowed: str) -> Response | None:
+        if method in allowed:
+            return None
+        return json_error(
+            405,
+            f"method {method} is not allowed here; use {' or '.join(allowed)}",
+            allow=", ".join(allowed),
+        )
+
+    def _not_ready(self, error: ErrorFn, name: str | None = None) -> Response:
+        loading = [m.name for m in self.models.values() if m.runner is None]
+        what = f"model {name} is" if name else f"model(s) {loading} are"
+        return error(
+            503, f"not ready: {what} still loading and warming up; retry shortly", retry_after="1"
+        )
+
+    # -- Open Inference Protocol v2 --------------------------------------------------------------
+
+    def _v2(self, request: Request, method: str, path: str) -> Result:
+        parts = path.rstrip("/").split("/")[2:]  # after "", "v2"
+        if not parts:
+            return self._need(method, "GET") or _json(
+                {"name": "tandem", "version": self.version, "extensions": ["binary_tensor_data"]}
+            )
+        if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
+            if (wrong := self._need(method, "GET", "HEAD")) is not None:
+                return wrong
+            if parts[1] == "live":
+                return _json({"live": True})
+            return _json({"ready": True}) if self.ready else self._not_ready(json_error)
+        if parts[0] != "models" or len(parts) < 2:
+            return json_error(404, f"no route {path}: see /openapi.json for the routes served here")
+        name, rest = parts[1], parts[2:]
+        version = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = rest[1], rest[2:]
+        served = self.models.get(name)
+        if served is None:
+            return json_error(
+                404, f"no model named {name!r} is served here; served: {sorted(self.models)}"
+            )
+        runner = served.runner
+        if runner is None:
+            return self._not_ready(json_error, name)
+        if version is not None and version != str(runner.version):
+            return json_error(
+                404,
+                f"model {name} serves version {runner.version}; version {version} is not loaded",
+            )
+        action = rest[0] if rest else ""
+        if len(rest) > 1 or action not in ("", "ready", "infer"):
+            return json_error(404, f"no route {path}: see /openapi.json for the routes served here")
+        if action == "":
+            return self._need(method, "GET") or _json(runner.metadata)
+        if action == "ready":
+            return self._need(method, "GET", "HEAD") or _json({"name": name, "ready": True})
+        return self._need(method, "POST") or self._oip_infer(request, runner)
+
+    def _oip_infer(self, request: Request, runner: Runner) -> Result:
+        name = runner.name
+        body = _decoded(request)
+        if isinstance(body, Response):
+            return self._answer(name, "v2", body, request)
+        if (early := self._early_refusal(runner, request, body, json_error)) is not None:
+            return self._answer(name, "v2", early, request)
+        try:
+            parsed = oip.parse_infer(
+                body,
+                request.headers.get("inference-header-content-length"),
+                runner.predictor.manifest.inputs,
+            )
+            oip.check_outputs(parsed, runner.output_columns)
+            deadline = self._deadline(request, parsed.timeout_ms)
+        except UsageError as exc:
+            return self._answer(name, "v2", json_error(400, str(exc)), request)
+
+        def render(outputs: Outputs) -> Response:
+            return oip.render_infer(name, runner.version, parsed, outputs, runner.output_columns)
+
+        return self._submit(runner, "v2", request, parsed.rows, deadline, render, json_error)
+
+    # -- MLflow / SageMaker ----------------------------------------------------------------------
+
+    def _invocations(self, request: Request) -> Result:
+        served = self._pick_model(request)
+        if isinstance(served, Response):
+            return served
+        name = served.name
+        runner = served.runner
+        if runner is None:
+            return self._answer(name, "mlflow", self._not_ready(mlflow.error, name), request)
+        body = _decoded(request, mlflow.error)
+        if isinstance(body, Response):
+            return self._answer(name, "mlflow", body, request)
+        if (early := self._early_refusal(runner, request, body, mlflow.error)) is not None:
+            return self._answer(name, "mlflow", early, request)
+        try:
+            parsed = mlflow.parse_invocation(
+                body,
+                request.headers.get("content-type", ""),
+                runner.input_names,
+                runner.text_columns,
+            )
+            deadline = self._deadline(request, parsed.timeout_ms)
+        except mlflow.UnsupportedMediaTypeError as exc:
+            return self._answer(name, "mlflow", mlflow.error(415, str(exc)), request)
+        except UsageError as exc:
+            return self._answer(name, "mlflow", mlflow.error(400, str(exc)), request)
+
+        def render(outputs: Outputs) -> Response:
+            return Response(
+                200, mlflow.render_predictions(outputs), headers=[("x-tandem-model", runner.ref)]
+            )
+
+        return self._submit(runner, "mlflow", request, parsed.rows, deadline, render, mlflow.error)
+
+    def _pick_model(self, request: Request) -> ServedModel | Response:
+        query = urllib.parse.parse_qs(request.query)
+        wanted = request.headers.get("x-tandem-model") or next(iter(query.get("model", [])), None)
+        if wanted is None:
+            if len(self.models) == 1:
+                return next(iter(self.models.values()))
+            return mlflow.error(
+                400,
+                f"this server serves several models {sorted(self.models)}: name one with "
+                "'?model=NAME' or the header 'X-Tandem-Model: NAME'",
+            )
+        served = self.models.get(wanted)
+        if served is None:
+            return mlflow.error(
+                404, f"no model named {wanted!r} is served here; served: {sorted(self.models)}"
+            )
+        return served
+
+    # -- shared by both protocols ----------------------------------------------------------------
+
+    def _deadline(self, request: Request, timeout_ms: float | None) -> float | None:
+        if timeout_ms is None and "timeout_ms" in request.query:
+            raw = (urllib.parse.parse_qs(request.query).get("timeout_ms") or [""])[0]
+            try:
+                timeout_ms = float(raw)
+            except ValueError:
+                raise UsageError(
+                    f"timeout_ms must be a number of milliseconds; got {raw!r}"
+                ) from None
+        if timeout_ms is None:
+            return None
+        if not 0 < timeout_ms <= MAX_TIMEOUT_MS or math.isnan(timeout_ms):
+            raise UsageError(
+                f"timeout_ms must be between 0 and {MAX_TIMEOUT_MS:.0f}; got {timeout_ms}"
+            )
+        return request.received + timeout_ms / 1e3
+
+    def _early_refusal(
+        self, runner: Runner, request: Request, body: bytes, error: ErrorFn
+    ) -> Response | None:
+        """429 before parsing, when even an empty request would miss the default deadline (a
+        body that sets its own timeout_ms is parsed first: it may allow longer)."""
+        batcher = runner.batcher
+        if not batcher.queued_rows or b"timeout_ms" in body or "timeout_ms" in request.query:
+            return None
+        try:
+            batcher.admit(1, request.received + batcher.config.timeout_s)
+        except OverloadedError as exc:
+            return _overloaded(exc, error)
+        return None
+
+    def _submit(
+        self,
+        runner: Runner,
+        protocol: str,
+        request: Request,
+        rows: Any,
+        deadline: float | None,
+        render: Callable[[Outputs], Response],
+        error: ErrorFn,
+    ) -> Result:
+        name = runner.name
+        predictor = runner.predictor
+        try:
+            feed = predictor.encode(predictor.preprocess(rows))
+            n = _rows_in(feed)
+            future = runner.batcher.submit(feed, n, deadline=deadline)
+        except OverloadedError as exc:
+            return self._answer(name, protocol, _overloaded(exc, error), request)
+        except UsageError as exc:
+            return self._answer(name, protocol, error(400, str(exc)), request)
+        self.metrics.rows.labels(name).inc(n)
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[Outputs]) -> None:
+            try:
+                response = render(f.result())
+            except DeadlineExceededError as exc:
+                response = error(504, str(exc))
+            except UsageError as exc:
+                response = error(400, str(exc))
+            except TandemError as exc:
+                log.error("model %s failed: %s", runner.ref, exc)
+                response = error(500, f"model {runner.ref} failed; see the server log")
+            except Exception:
+                log.exception("unexpected error in model %s", runner.ref)
+                response = error(500, "internal server error")
+            self._count(name, protocol, response.status, request.received)
+            answer.set_result(response)
+
+        future.add_done_callback(done)
+        return answer
+
+    def _answer(self, model: str, protocol: str, response: Response, request: Request) -> Response:
+        self._count(model, protocol, response.status, request.received)
+        return response
+
+    def _refresh_gauges(self) -> None:
+        m = self.metrics
+        m.ready.set(1 if self.ready else 0)
+        for name, served in self.models.items():
+            runner = served.runner
+            if runner is None:
+                continue
+            b = runner.batcher
+            m.queue_rows.labels(name).set(b.queued_rows)
+            m.max_batch.labels(name).set(b.max_batch)
+            m.cost_per_row.labels(name).set(b.cost.per_row)
+            m.cost_fixed.labels(name).set(b.cost.fixed)
+
+
+def _json(obj: Any) -> Response:
+    return Response(200, orjson.dumps(obj))
+
+
+def _rows_in(feed: dict[str, Any]) -> int:
+    for array in feed.values():
+        return int(array.shape[-1])
+    return 0
+
+
+def _overloaded(exc: OverloadedError, error: ErrorFn) -> Response:
+    return error(429, str(exc), retry_after=str(max(1, math.ceil(exc.retry_after_s))))
+
+
+def _decoded(request: Request, error: ErrorFn = json_error) -> bytes | Response:
+    """The body, inflated when the client compressed it (tritonclient can)."""
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("identity", ""):
+        return request.body
+    if encoding not in ("gzip", "deflate"):
+        return error(
+            415, f"content encoding {encoding!r} is not accepted: use gzip, deflate or none"
+        )
+    import zlib
+
+    limit = 64 * 2**20
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(request.body, limit)
+    except zlib.error as exc:
+        return error(400, f"the {encoding} body cannot be inflated: {exc}")
+    if inflater.unconsumed_tail:
+        return error(413, f"the inflated body is over {limit} bytes: send fewer rows per request")
+    return out

@@ -1,0 +1,54 @@
+"""Prometheus metrics of one server (``GET /metrics``), on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["ServerMetrics"]
+
+_LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class ServerMetrics:
+    """Every series the server exports; ``model`` labels each per-model series."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tandem_requests", "Requests answered, by model, protocol and status code.",
+            ["model", "protocol", "code"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "tandem_request_seconds", "Time from a complete request to its response being written.",
+            ["model"], buckets=_LATENCY, registry=r,
+        )  # fmt: skip
+        self.rows = Counter("tandem_rows", "Rows predicted.", ["model"], registry=r)
+        self.batch_rows = Histogram(
+            "tandem_batch_rows", "Rows per batch run by the model.", ["model"], buckets=_ROWS, registry=r
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "tandem_batch_seconds", "Compute time per batch.", ["model"], buckets=_LATENCY, registry=r
+        )  # fmt: skip
+        self.queue_rows = Gauge(
+            "tandem_queue_rows", "Rows waiting in the model's queue.", ["model"], registry=r
+        )
+        self.max_batch = Gauge(
+            "tandem_max_batch_rows", "The batcher's current maximum batch.", ["model"], registry=r
+        )
+        self.cost_per_row = Gauge(
+            "tandem_cost_per_row_seconds", "The cost model's a in t(n) = a·n + b.", ["model"], registry=r
+        )  # fmt: skip
+        self.cost_fixed = Gauge(
+            "tandem_cost_fixed_seconds", "The cost model's b in t(n) = a·n + b.", ["model"], registry=r
+        )  # fmt: skip
+        self.version = Gauge(
+            "tandem_model_version", "The registry version being served.", ["model"], registry=r
+        )  # fmt: skip
+        self.swaps = Counter(
+            "tandem_model_swaps", "Versions switched to while serving.", ["model"], registry=r
+        )
+        self.ready = Gauge("tandem_ready", "1 when every model is loaded and warm.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,195 @@
+"""``tandem serve``: the process around the app: bind, load and warm, follow aliases, stop.
+
+Order of start-up: every reference is resolved in the registry first (a typo fails at once,
+before anything binds); then the port is bound, so probes get answers (live 200, ready 503)
+while the models load and warm up; then readiness turns true. A model that fails to load at
+start stops the server with the error; one that fails on a later alias move is logged and the
+loaded version keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tandem.errors import ConfigError, UsageError
+from tandem.registry import ModelVersion, Registry
+from tandem.registry.refs import parse_ref
+from tandem.serving.app import App
+from tandem.serving.batcher import BatcherConfig
+from tandem.serving.http import HttpServer
+from tandem.serving.models import ServedModel
+
+__all__ = ["ServeOptions", "Server", "serve"]
+
+log = logging.getLogger("tandem.serving")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How to serve; the defaults suit most uses.
+
+    Attributes:
+        host: the address to bind; 127.0.0.1 keeps the server private to this machine.
+        port: 0 picks a free port (see :attr:`Server.port`).
+        api_key: when set, required on every route but the health probes.
+        batching: deadlines and batch limits (see :class:`BatcherConfig`).
+        threads: ONNX Runtime intra-op threads per model.
+        poll_s: how often followed references (``@alias``, bare names) are re-read; 0: never.
+        max_body: request body limit in bytes (413 above it).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    batching: BatcherConfig = field(default_factory=BatcherConfig)
+    threads: int | None = 1
+    poll_s: float = 1.0
+    max_body: int = 16 * 2**20
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be between 0 and 65535; got {self.port}")
+        if self.poll_s < 0:
+            raise ConfigError(f"the poll interval must be >= 0 seconds; got {self.poll_s}")
+        if self.max_body < 1:
+            raise ConfigError(f"the body limit must be at least 1 byte; got {self.max_body}")
+
+
+class Server:
+    """A running server inside an event loop (the CLI's ``serve`` wraps it).
+
+    Example:
+        >>> async def main() -> None:  # doctest: +SKIP
+        ...     server = Server(["rain@champion"], ServeOptions(port=0))
+        ...     await server.start()
+        ...     await server.ready.wait()
+        ...     ...
+        ...     await server.stop()
+    """
+
+    def __init__(
+        self,
+        refs: Sequence[str],
+        options: ServeOptions | None = None,
+        *,
+        registry: Registry | None = None,
+    ) -> None:
+        if not refs:
+            raise UsageError("name at least one model to serve, e.g. tandem serve rain@champion")
+        names = [parse_ref(r).name for r in refs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UsageError(f"model(s) {twice} named more than once: serve each model once")
+        self.options = options = options or ServeOptions()
+        self._own_registry = registry is None
+        self.registry = registry if registry is not None else Registry()
+        self.models = [
+            ServedModel(ref, self.registry, options.batching, threads=options.threads)
+            for ref in refs
+        ]
+        self.app = App(self.models, api_key=options.api_key)
+        self.http = HttpServer(self.app, max_body=options.max_body)
+        self.ready = asyncio.Event()
+        self.port = 0
+        self.started = _process_start()
+        self.ready_after_s: float | None = None
+        self.loading: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, *, bind: bool = True) -> None:
+        """Resolve the references, bind (unless another server feeds :attr:`app`), and start
+        loading (see :attr:`ready`)."""
+        loop = asyncio.get_running_loop()
+        versions = [await loop.run_in_executor(None, m.resolve) for m in self.models]
+        if bind:
+            try:
+                self.port = await self.http.start(self.options.host, self.options.port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {self.options.host}:{self.options.port} ({exc.strerror}): "
+                    "choose another --port or stop what holds it"
+                ) from None
+        self.loading = loop.create_task(self._load(versions))
+
+    async def _load(self, versions: list[ModelVersion]) -> None:
+        await asyncio.gather(*(m.load(v) for m, v in zip(self.models, versions, strict=True)))
+        self.app.ready = True
+        self.ready_after_s = time.monotonic() - self.started
+        self.ready.set()
+        if self.options.poll_s > 0 and any(m.follows for m in self.models):
+            self._tasks.append(asyncio.get_running_loop().create_task(self._follow()))
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.poll_s)
+            for m in self.models:
+                await m.refresh()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, answer what is in flight, release everything."""
+        for task in self._tasks:
+            task.cancel()
+        await self.http.close(grace)
+        for m in self.models:
+            if m.runner is not None:
+                m.runner.batcher.close()
+        if self._own_registry:
+            self.registry.close()
+
+
+def serve(
+    refs: Sequence[str],
+    options: ServeOptions | None = None,
+    *,
+    on_ready: Callable[[Server], None] | None = None,
+) -> None:
+    """Serve ``refs`` until SIGINT or SIGTERM; blocks. Uses uvloop when it is installed."""
+    try:
+        import uvloop
+
+        runner: Callable[..., None] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        runner = asyncio.run
+    runner(_main(refs, options, on_ready))
+
+
+async def _main(
+    refs: Sequence[str], options: ServeOptions | None, on_ready: Callable[[Server], None] | None
+) -> None:
+    server = Server(refs, options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        stopping = loop.create_task(stop.wait())
+        assert server.loading is not None
+        await asyncio.wait({server.loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if server.loading.done():
+            server.loading.result()  # a model that would not load: raise its error
+            if on_ready is not None:
+                on_ready(server)
+            await stopping
+    finally:
+        await server.stop()
+
+
+def _process_start() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (Linux; else now)."""
+    try:
+        import os
+
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])  # field 22, starttime, after the ")" of the command name
+        boot_s = time.clock_gettime(time.CLOCK_BOOTTIME)
+        age = boot_s - ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(0.0, age)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic()
