@@ -148,7 +148,7 @@ class CostModel:
         """The smallest batch whose fixed cost is ≤ 10 % of its time, capped by ``budget_s``."""
         if not self.observed:
             return 1
-        efficient = math.ceil(9.0 * self.fixed / self.per_row)
+        efficient = math.ceil(round(9.0 * self.fixed / self.per_row, 6))
         affordable = math.floor((budget_s - self.fixed) / self.per_row)
         return max(1, min(efficient, affordable, limit))
 
@@ -343,7 +343,7 @@ class Batcher:
         self._running_rows = rows = self.max_batch - room
         self._running_since = now
         loop = asyncio.get_running_loop()
-        if self.cost.predict(rows) <= self.inline_s:
+        if self.cost.predict(rows) < self.inline_s:
             outputs, seconds = self._run(chunks)
             self._complete(chunks, outputs, seconds)
             # answer I/O before the next batch, so that what arrived meanwhile joins it

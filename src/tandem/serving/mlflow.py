@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from tandem.errors import UsageError
+from tandem.serving import codec
 from tandem.serving.http import Response
 
 __all__ = ["MLFLOW_FORMATS", "ScoringRequest", "error", "parse_invocation", "render_predictions"]
@@ -58,8 +59,8 @@ def parse_invocation(
             f"with one of {list(MLFLOW_FORMATS)}, or text/csv"
         )
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        obj = codec.loads(body)
+    except ValueError as exc:
         raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"the body must be a JSON object with one of {list(MLFLOW_FORMATS)}")

@@ -23,6 +23,7 @@ import orjson
 
 from tandem.data.schema import ColumnSpec
 from tandem.errors import UsageError
+from tandem.serving import codec
 from tandem.serving.http import Response
 
 __all__ = ["InferRequest", "model_metadata", "parse_infer", "render_infer"]
@@ -78,8 +79,8 @@ def parse_infer(
             )
         body, blob = body[:cut], body[cut:]
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        obj = codec.loads(body)
+    except ValueError as exc:
         raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), list) or not obj["inputs"]:
         raise ProtocolError(
