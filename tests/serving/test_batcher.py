@@ -203,7 +203,7 @@ def test_one_bad_request_fails_alone_and_its_batch_mates_succeed() -> None:
         await batcher.drain()
         return outs
 
-    first, good, bad, also_good = run(main())
+    _, good, bad, also_good = run(main())
     assert good["y"].tolist() == [[2.0], [2.0]]
     assert also_good["y"].tolist() == [[6.0]]
     assert isinstance(bad, RowsError)
@@ -233,7 +233,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_not_computed() -> None:
 
 
 def test_admission_refuses_at_once_what_cannot_finish_by_its_deadline() -> None:
-    compute, sizes = rowwise(delay_per_row=0.001, fixed=0.01)
+    compute, _ = rowwise(delay_per_row=0.001, fixed=0.01)
 
     async def main() -> None:
         batcher = Batcher(compute, BatcherConfig(max_batch=10, timeout_s=0.5, inline_s=0.0))
