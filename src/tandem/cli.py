@@ -34,7 +34,8 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 out = Console()
-err = Console(stderr=True)
+# messages on stderr are not wrapped: a path or a name cut in two cannot be searched or copied
+err = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 

@@ -46,6 +46,8 @@ class Request:
     body: bytes
     #: time.monotonic() when the request was complete
     received: float
+    #: False when the client asked to close after this request (or speaks HTTP/1.0)
+    keep_alive: bool = True
 
 
 @dataclass(slots=True)
@@ -247,9 +249,8 @@ class _Connection(asyncio.Protocol):
             self.headers,
             b"".join(self.body),
             time.monotonic(),
+            self.parser.should_keep_alive(),
         )
-        if not self.parser.should_keep_alive():
-            self.keep_alive = False
         self.pending.append(request)
         if len(self.pending) > 16 and self.transport is not None:
             self.transport.pause_reading()  # a client pipelining without reading answers
@@ -266,28 +267,30 @@ class _Connection(asyncio.Protocol):
                 log.exception("unexpected error answering %s %s", request.method, request.path)
                 result = json_error(500, "internal server error")
             if isinstance(result, Response):
-                self._write(result)
+                self._write(result, request.keep_alive)
                 continue
             self.busy = True
             future = asyncio.ensure_future(result)
-            future.add_done_callback(self._awaited)
+            future.add_done_callback(lambda f, keep=request.keep_alive: self._awaited(f, keep))
         if not self.pending and self.transport is not None and not self.transport.is_reading():
             self.transport.resume_reading()
 
-    def _awaited(self, future: asyncio.Future[Response]) -> None:
+    def _awaited(self, future: asyncio.Future[Response], keep_alive: bool) -> None:
         self.busy = False
         try:
             response = future.result()
         except Exception:
             log.exception("unexpected error answering a request")
             response = json_error(500, "internal server error")
-        self._write(response)
+        self._write(response, keep_alive)
         self._next()
 
-    def _write(self, response: Response) -> None:
+    def _write(self, response: Response, keep_alive: bool = True) -> None:
         transport = self.transport
         if transport is None:
             return
+        if not keep_alive:
+            self.keep_alive = False
         self.last_active = time.monotonic()
         head = [
             b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),

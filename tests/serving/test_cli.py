@@ -1,0 +1,97 @@
+"""`tandem serve` as users run it: a real process, stopped by signal, with honest exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import TANDEM, cli_env
+from tests.serving.test_app import free_port, http_call, wait_until_ready
+
+
+def start(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*TANDEM, "serve", *args], env=env or cli_env(home), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[str], *, signal_it: bool = True) -> tuple[int, str]:
+    if signal_it and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_serve_starts_on_localhost_answers_and_stops_cleanly_on_sigterm(serving_home: Path) -> None:
+    port = free_port()
+    proc = start(serving_home, "mixed", "num@champion", "--port", str(port))
+    try:
+        assert wait_until_ready(port, proc), proc.stderr.read() if proc.stderr else ""
+        status, data, _ = http_call(port, "GET", "/v2/models/num")
+        assert status == 200 and json.loads(data)["versions"] == ["1"]
+        # the serving process holds no training library
+        maps = Path(f"/proc/{proc.pid}/maps")
+        if maps.exists():
+            loaded = maps.read_text()
+            assert not re.search(r"libtorch|lib_lightgbm|sklearn", loaded)
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err
+    assert f"serving mixed:1, num:1 on http://127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "no model named 'nope'"),
+        (["mixed@gold"], "alias"),
+        (["mixed", "--timeout-ms", "0"], "timeout must be positive"),
+        (
+            ["mixed", "--api-key-env", "TANDEM_TEST_UNSET_KEY"],
+            "TANDEM_TEST_UNSET_KEY, which is not set",
+        ),
+    ],
+)
+def test_bad_usage_exits_2_with_a_message(
+    serving_home: Path, args: list[str], message: str
+) -> None:
+    proc = start(serving_home, *args)
+    code, err = stop(proc, signal_it=False)
+    assert code == 2
+    assert message in " ".join(err.split())
+    assert "Traceback" not in err
+
+
+def test_a_port_in_use_is_a_usage_error(serving_home: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = start(serving_home, "mixed", "--port", str(port))
+        code, err = stop(proc, signal_it=False)
+    assert code == 2
+    assert "choose another --port" in " ".join(err.split())
+
+
+def test_a_tampered_bundle_stops_the_server_with_exit_1(serving_home: Path) -> None:
+    graphs = list((serving_home / "artifacts").rglob("mixed/1/model.onnx"))
+    assert graphs, "the registry layout changed"
+    graphs[0].write_bytes(graphs[0].read_bytes()[:-10])
+    proc = start(serving_home, "mixed", "--port", str(free_port()))
+    code, err = stop(proc, signal_it=False)
+    assert code == 1
+    assert "mixed/1 is truncated" in err and "Traceback" not in err
