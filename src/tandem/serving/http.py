@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import time
 from collections import deque
@@ -271,7 +272,7 @@ class _Connection(asyncio.Protocol):
                 continue
             self.busy = True
             future = asyncio.ensure_future(result)
-            future.add_done_callback(lambda f, keep=request.keep_alive: self._awaited(f, keep))
+            future.add_done_callback(functools.partial(self._awaited, keep_alive=request.keep_alive))
         if not self.pending and self.transport is not None and not self.transport.is_reading():
             self.transport.resume_reading()
 
