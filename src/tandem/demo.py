@@ -1,13 +1,20 @@
 """``tandem demo``: the model's life on real data, measured.
 
 Daily weather (will it rain tomorrow?): train ``auto`` on the older years, register and
-promote the winner, then predict the newer years from the registry and put what training
-cost beside what inference costs.
+promote the winner, then predict the newer years from the registry, in bulk, row by row in
+process, and over HTTP from a real ``tandem serve`` process, and put what training cost
+beside what inference costs.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +33,26 @@ __all__ = ["DemoResult", "run_demo"]
 NAME = "rain"
 TRAIN_SHARE = 2 / 3
 SINGLE_ROW_CALLS = 500
+#: the real-time stage: one-row requests from this many keep-alive clients
+REALTIME_REQUESTS = 3000
+REALTIME_CLIENTS = 8
+
+
+@dataclass(frozen=True)
+class RealtimeStats:
+    requests: int
+    clients: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    #: server CPU per request (None where /proc is not available)
+    server_cpu_us: float | None
+    #: answers whose label differs from the bulk prediction of the same row (should be 0)
+    mismatches: int
+    ready_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,7 @@ class DemoResult:
     single_row_p50_us: float
     single_row_p99_us: float
     single_row_cpu_us: float
+    realtime: RealtimeStats
 
     def table(self) -> list[tuple[str, str, str]]:
         """The training-vs-inference rows: (what, training, inference)."""
@@ -75,6 +103,18 @@ class DemoResult:
                 "-",
                 f"single row p50 {self.single_row_p50_us:.0f} µs, p99 {self.single_row_p99_us:.0f} µs",
             ),
+            (
+                "real-time (HTTP)",
+                "-",
+                f"{self.realtime.requests:,} requests from {self.realtime.clients} clients: "
+                f"{self.realtime.requests_per_s:,.0f} req/s, p50 {self.realtime.p50_ms:.2f} ms, "
+                f"p99 {self.realtime.p99_ms:.2f} ms"
+                + (
+                    f", {self.realtime.server_cpu_us:.0f} µs server CPU per request"
+                    if self.realtime.server_cpu_us is not None
+                    else ""
+                ),
+            ),
             ("peak memory", f"{t.peak_rss_mb:.0f} MB (process)", "same process"),
             (
                 "quality",
@@ -99,6 +139,7 @@ class DemoResult:
                 "single_row_p50_us": self.single_row_p50_us,
                 "single_row_p99_us": self.single_row_p99_us,
                 "single_row_cpu_us": self.single_row_cpu_us,
+                "realtime": self.realtime.to_json(),
             },
         }
 
@@ -115,6 +156,7 @@ def run_demo(
     older, newer = table.slice(0, cut), table.slice(cut)
     own = registry is None
     reg = registry or Registry()
+    settings = reg.settings
     try:
         result = train(
             older,
@@ -147,6 +189,9 @@ def run_demo(
             start = time.perf_counter()
             predictor.predict(row)
             latencies.append((time.perf_counter() - start) * 1e6)
+    realtime = _realtime(
+        settings.home, settings.registry, features, out.column("label").to_pylist()
+    )
     return DemoResult(
         training=result,
         inference_rows=newer.num_rows,
@@ -156,4 +201,85 @@ def run_demo(
         single_row_p50_us=statistics.median(latencies),
         single_row_p99_us=float(np.percentile(latencies, 99)),
         single_row_cpu_us=single_meter.profile.cpu_seconds / len(rows) * 1e6,
+        realtime=realtime,
     )
+
+
+def _realtime(
+    home: Any, registry_url: str | None, features: Any, labels: list[Any]
+) -> RealtimeStats:
+    """Serve the champion from a real ``tandem serve`` process and load it over HTTP."""
+    import orjson
+
+    from tandem.serving.loadtest import closed_loop
+
+    env = {**os.environ, "TANDEM_HOME": str(home)}
+    if registry_url:
+        env["TANDEM_REGISTRY"] = registry_url
+    command = [sys.executable, "-c", "from tandem.cli import main; main()", "serve",
+               f"{NAME}@champion", "--port", "0", "--poll-s", "0"]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        port = _port_when_ready(proc)
+        ready_s = time.monotonic() - started
+        n = min(REALTIME_REQUESTS, features.num_rows)
+        rows = features.slice(0, n).to_pylist()
+        bodies = [orjson.dumps({"dataframe_records": [row]}) for row in rows]
+        cpu_before = _cpu_seconds(proc.pid)
+        load = closed_loop("127.0.0.1", port, "/invocations", bodies, concurrency=REALTIME_CLIENTS)
+        cpu_after = _cpu_seconds(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    failed = [a for a in load.answers if a[0] != 200]
+    if failed:
+        raise RuntimeError(
+            f"the real-time stage got {len(failed)} failed answers, e.g. {failed[0][2][:200]!r}"
+        )
+    served = [orjson.loads(a[2])["predictions"][0]["label"] for a in load.answers]
+    return RealtimeStats(
+        requests=n,
+        clients=REALTIME_CLIENTS,
+        requests_per_s=load.requests_per_s,
+        p50_ms=load.latency_quantile(0.5) * 1e3,
+        p99_ms=load.latency_quantile(0.99) * 1e3,
+        server_cpu_us=(cpu_after - cpu_before) / n * 1e6
+        if cpu_before is not None and cpu_after is not None
+        else None,
+        mismatches=sum(a != b for a, b in zip(served, labels[:n], strict=True)),
+        ready_s=ready_s,
+    )
+
+
+def _port_when_ready(proc: subprocess.Popen[str], timeout: float = 60) -> int:
+    """The port `tandem serve` announces on stderr once it is ready."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        found = re.search(r"on http://127\.0\.0\.1:(\d+) \(ready", line)
+        if found:
+            # keep reading what the server logs, so that a full pipe never blocks it
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return int(found.group(1))
+    raise RuntimeError("tandem serve did not become ready: " + "".join(seen[-5:]).strip())
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

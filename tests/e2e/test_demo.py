@@ -33,6 +33,9 @@ def test_demo_trains_registers_predicts_and_compares_phases(home: Path) -> None:
     )
     assert 0.5 < inference["accuracy"] <= 1 and 0.5 < inference["majority_class_accuracy"] < 1
     assert 0 < inference["single_row_p50_us"] <= inference["single_row_p99_us"]
+    realtime = inference["realtime"]
+    assert realtime["requests"] == 3000 and realtime["mismatches"] == 0
+    assert 0 < realtime["p50_ms"] <= realtime["p99_ms"] and realtime["requests_per_s"] > 0
     again = subprocess.run(
         [*TANDEM, "models", "show", "rain@champion", "--json"],
         capture_output=True,
