@@ -69,19 +69,23 @@ def test_a_quiet_spell_of_single_rows_keeps_what_large_batches_taught() -> None:
     for _ in range(5000):  # hours of one-row traffic
         cost.observe(1, 52e-6)
     assert cost.fixed == pytest.approx(50e-6, rel=0.1)
-    assert cost.best_batch(0.25, limit=4096) > 100  # it would still batch under load
+    assert cost.per_row == pytest.approx(2e-6, rel=0.1)
 
 
-def test_best_batch_amortizes_the_fixed_cost_within_the_budget() -> None:
+def test_the_maximum_batch_is_what_fits_in_an_eighth_of_the_deadline() -> None:
     cost = CostModel()
     for n in (1, 100):
         cost.observe(n, 1e-6 * n + 100e-6)
-    # 9·b/a = 900 rows keep the fixed cost at 10 % of a batch
-    assert cost.best_batch(1.0, limit=4096) == 900
-    # but a batch may take only budget: (0.0005 - 0.0001) / 1e-6 = 400 rows
+    # (0.0005 - 0.0001) / 1e-6 = 400 rows fit in 0.5 ms
     assert cost.best_batch(0.0005, limit=4096) == 400
     assert cost.best_batch(1.0, limit=64) == 64
+    assert cost.best_batch(0.00001, limit=64) == 1  # never below one row
     assert CostModel().best_batch(1.0, limit=64) == 1  # nothing observed: no batching yet
+    batcher = Batcher(lambda feed: {}, BatcherConfig(timeout_s=0.004))
+    for n in (1, 100):
+        batcher.observe(n, 1e-6 * n + 100e-6)
+    assert batcher.max_batch == 400  # 4 ms / 8 = 0.5 ms
+    assert Batcher(lambda feed: {}, BatcherConfig(max_batch=7)).max_batch == 7
 
 
 # -- batching ------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class App:
         self.version = __version__
         self._key = api_key.encode() if api_key else None
         self._counters: dict[tuple[str, str, int], Any] = {}
+        self._children: dict[tuple[int, str], Any] = {}
         self._openapi = orjson.dumps(openapi_document(__version__, list(self.models)))
         for m in models:
             m.on_batch = self._batch_hook
@@ -87,13 +88,21 @@ class App:
             self.metrics.swaps.labels(runner.name).inc()
 
     def _count(self, model: str, protocol: str, code: int, received: float) -> None:
+        # prometheus_client's labels() costs a few µs; the children are looked up once
         key = (model, protocol, code)
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counters[key] = self.metrics.requests.labels(model, protocol, str(code))
         counter.inc()
         if code == 200:
-            self.metrics.latency.labels(model).observe(time.monotonic() - received)
+            self._child(self.metrics.latency, model).observe(time.monotonic() - received)
+
+    def _child(self, metric: Any, model: str) -> Any:
+        key = (id(metric), model)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(model)
+        return child
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -328,7 +337,7 @@ class App:
             return self._answer(name, protocol, _overloaded(exc, error), request)
         except UsageError as exc:
             return self._answer(name, protocol, error(400, str(exc)), request)
-        self.metrics.rows.labels(name).inc(n)
+        self._child(self.metrics.rows, name).inc(n)
         answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
 
         def done(f: asyncio.Future[Outputs]) -> None:

@@ -24,9 +24,10 @@ t(n) = a·n + b fitted to the batches actually run (warm-up seeds it). It gives:
   is refused at once (:class:`OverloadedError`, HTTP 429 with ``Retry-After``);
 * expiry: a queued request whose deadline would pass before its batch ends is dropped, not
   computed (:class:`DeadlineExceededError`, HTTP 504);
-* the maximum batch: the smallest n whose fixed cost b is at most a tenth of the batch time
-  (beyond it a bigger batch buys < 10 % throughput and only adds latency), capped so a batch
-  takes at most a quarter of the default deadline.
+* the maximum batch: the most rows one batch may take within an eighth of the default
+  deadline, so that a request arriving just after a batch starts still has most of its
+  deadline left. Below that cap a batch takes everything queued: the fuller the queue, the
+  more the fixed cost b is worth sharing.
 
 Requests larger than the maximum are split into chunks that run in consecutive batches; the
 chunks' outputs are joined back in order before the caller's future resolves.
@@ -145,12 +146,12 @@ class CostModel:
         return full * self.predict(max_batch) + (self.predict(rest) if rest else 0.0)
 
     def best_batch(self, budget_s: float, *, limit: int) -> int:
-        """The smallest batch whose fixed cost is ≤ 10 % of its time, capped by ``budget_s``."""
+        """The most rows one batch can take in ``budget_s`` seconds (at least 1, at most
+        ``limit``)."""
         if not self.observed:
             return 1
-        efficient = math.ceil(round(9.0 * self.fixed / self.per_row, 6))
         affordable = math.floor((budget_s - self.fixed) / self.per_row)
-        return max(1, min(efficient, affordable, limit))
+        return max(1, min(affordable, limit))
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ class Batcher:
         self._closed = False
         self._idle: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"tandem-{name}")
+        self._max_batch = self.config.max_batch or 1
         inline = self.config.inline_s
         self.inline_s: float = (
             inline if inline is not None else (0.001 if _cores() == 1 else 0.0001)
@@ -240,9 +242,14 @@ class Batcher:
 
     @property
     def max_batch(self) -> int:
-        if self.config.max_batch is not None:
-            return self.config.max_batch
-        return self.cost.best_batch(self.config.timeout_s / 4, limit=self.config.max_batch_limit)
+        return self._max_batch
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """Teach the cost model one batch's time (warm-up calls this too)."""
+        self.cost.observe(rows, seconds)
+        if self.config.max_batch is None:
+            budget = self.config.timeout_s / 8
+            self._max_batch = self.cost.best_batch(budget, limit=self.config.max_batch_limit)
 
     @property
     def queued_rows(self) -> int:
@@ -391,7 +398,7 @@ class Batcher:
     ) -> None:
         rows = sum(c.stop - c.start for c in chunks)
         if isinstance(outputs, dict):
-            self.cost.observe(rows, seconds)
+            self.observe(rows, seconds)
             offset = 0
             for c in chunks:
                 n = c.stop - c.start

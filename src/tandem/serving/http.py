@@ -272,7 +272,9 @@ class _Connection(asyncio.Protocol):
                 continue
             self.busy = True
             future = asyncio.ensure_future(result)
-            future.add_done_callback(functools.partial(self._awaited, keep_alive=request.keep_alive))
+            future.add_done_callback(
+                functools.partial(self._awaited, keep_alive=request.keep_alive)
+            )
         if not self.pending and self.transport is not None and not self.transport.is_reading():
             self.transport.resume_reading()
 

@@ -14,6 +14,7 @@ length followed by the bytes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,7 +160,7 @@ def _tensor(spec: Any, i: int, blob: bytes, offset: int) -> tuple[str, np.ndarra
         raise ProtocolError(
             f"input {name!r}: datatype {datatype!r} is not one of {['BYTES', *_DTYPES]}"
         )
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     size = _params(spec, f"input {name!r}").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(blob):
