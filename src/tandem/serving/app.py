@@ -338,9 +338,8 @@ class App:
         except UsageError as exc:
             return self._answer(name, protocol, error(400, str(exc)), request)
         self._child(self.metrics.rows, name).inc(n)
-        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
 
-        def done(f: asyncio.Future[Outputs]) -> None:
+        def finish(f: asyncio.Future[Outputs]) -> Response:
             try:
                 response = render(f.result())
             except DeadlineExceededError as exc:
@@ -354,9 +353,12 @@ class App:
                 log.exception("unexpected error in model %s", runner.ref)
                 response = error(500, "internal server error")
             self._count(name, protocol, response.status, request.received)
-            answer.set_result(response)
+            return response
 
-        future.add_done_callback(done)
+        if future.done():  # an idle model ran it inline, during submit: answer at once
+            return finish(future)
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: answer.set_result(finish(f)))
         return answer
 
     def _answer(self, model: str, protocol: str, response: Response, request: Request) -> Response:
