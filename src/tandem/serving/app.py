@@ -217,9 +217,7 @@ class App:
             return self._answer(name, "v2", early, request)
         try:
             parsed = oip.parse_infer(
-                body,
-                request.headers.get("inference-header-content-length"),
-                runner.predictor.manifest.inputs,
+                body, request.headers.get("inference-header-content-length"), runner.input_names
             )
             oip.check_outputs(parsed, runner.output_columns)
             deadline = self._deadline(request, parsed.timeout_ms)

@@ -51,7 +51,7 @@ class ProtocolError(UsageError):
     """A request body that does not follow the protocol (HTTP 400)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferRequest:
     #: what the Predictor's preprocess step takes: a dict of columns or an (n, k) matrix
     rows: Mapping[str, Any] | np.ndarray
@@ -62,10 +62,9 @@ class InferRequest:
     timeout_ms: float | None
 
 
-def parse_infer(
-    body: bytes, header_length: str | None, signature: Sequence[ColumnSpec]
-) -> InferRequest:
-    """Read an infer request; raise :class:`ProtocolError` naming what is wrong."""
+def parse_infer(body: bytes, header_length: str | None, names: Sequence[str]) -> InferRequest:
+    """Read an infer request for a model whose signature has the columns ``names``; raise
+    :class:`ProtocolError` naming what is wrong."""
     blob = b""
     if header_length is not None:
         try:
@@ -88,7 +87,7 @@ def parse_infer(
             'an infer request is a JSON object with a non-empty "inputs" list, e.g. '
             '{"inputs": [{"name": "age", "shape": [1], "datatype": "FP64", "data": [41]}]}'
         )
-    params = _params(obj, "request")
+    params = _params(obj, "the request") if "parameters" in obj else {}
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for i, spec in enumerate(obj["inputs"]):
@@ -100,7 +99,6 @@ def parse_infer(
         raise ProtocolError(
             f"the binary part has {len(blob) - offset} bytes that no input's binary_data_size claims"
         )
-    names = [c.name for c in signature]
     rows: Mapping[str, Any] | np.ndarray
     matrix = _as_matrix(tensors, names)
     if matrix is not None:
@@ -113,7 +111,7 @@ def parse_infer(
                 raise ProtocolError(
                     f"input {name!r} has shape {list(array.shape)}: give one tensor per column "
                     f"with shape [n] or [n, 1], or one matrix of shape [n, {len(names)}] with "
-                    f"the columns {names}"
+                    f"the columns {list(names)}"
                 )
         rows = tensors
     wanted = None
@@ -124,7 +122,12 @@ def parse_infer(
         for out in obj["outputs"]:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise ProtocolError('each of "outputs" must be an object with a "name"')
-            wanted.append((out["name"], bool(_params(out, "output").get("binary_data", False))))
+            binary = (
+                _params(out, "an output").get("binary_data", False)
+                if "parameters" in out
+                else False
+            )
+            wanted.append((out["name"], bool(binary)))
     request_id = obj.get("id")
     timeout = params.get("timeout_ms")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
@@ -143,7 +146,7 @@ def parse_infer(
 def _params(obj: dict[str, Any], what: str) -> dict[str, Any]:
     params = obj.get("parameters") or {}
     if not isinstance(params, dict):
-        raise ProtocolError(f"the {what}'s parameters must be a JSON object")
+        raise ProtocolError(f"the parameters of {what} must be a JSON object")
     return params
 
 
@@ -161,7 +164,7 @@ def _tensor(spec: Any, i: int, blob: bytes, offset: int) -> tuple[str, np.ndarra
             f"input {name!r}: datatype {datatype!r} is not one of {['BYTES', *_DTYPES]}"
         )
     count = math.prod(shape)
-    size = _params(spec, f"input {name!r}").get("binary_data_size")
+    size = _params(spec, repr(name)).get("binary_data_size") if "parameters" in spec else None
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(blob):
             raise ProtocolError(
@@ -239,7 +242,7 @@ def _bytes_elements(raw: bytes, name: str) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
-def _as_matrix(tensors: dict[str, np.ndarray], names: list[str]) -> np.ndarray | None:
+def _as_matrix(tensors: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray | None:
     """The one-matrix form: a single 2-D input of k columns that is not itself a column."""
     if len(tensors) != 1:
         return None
