@@ -470,3 +470,20 @@ def test_url_characters_in_tandem_home_stay_part_of_the_path(tmp_path: Path, odd
         registry.register("m", writer())
     assert (home / "registry.db").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [odd]
+
+
+def test_the_change_token_moves_with_every_write_and_only_then(registry: Registry) -> None:
+    registry.register("m", writer())
+    registry.register("m", writer())
+    token = registry.change_token()
+    if registry.settings.registry is not None:  # PostgreSQL: no file to watch, always query
+        assert token is None
+        return
+    registry.get("m@latest")
+    registry.list_models()
+    assert registry.change_token() == token  # reads change nothing
+    registry.set_alias("m", 1, "champion")
+    moved = registry.change_token()
+    assert moved != token
+    registry.set_alias("m", 2, "champion")
+    assert registry.change_token() != moved

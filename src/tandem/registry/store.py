@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import shutil
+import sqlite3
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -196,6 +197,12 @@ class Registry:
             ) from exc
         self._where = url.render_as_string(hide_password=True)
         self._sqlite = url.get_backend_name() == "sqlite"
+        self._watch: sqlite3.Connection | None = None
+        self._db_file = (
+            Path(url.database)
+            if self._sqlite and url.database not in (None, "", ":memory:")
+            else None
+        )
         if self._sqlite:
             if url.database not in (None, "", ":memory:"):
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -207,8 +214,26 @@ class Registry:
             self._engine.dispose()
             raise
 
+    def change_token(self) -> int | None:
+        """A number that changes after any write committed by another connection, read in
+        microseconds (SQLite's ``PRAGMA data_version`` on a connection of its own). None where
+        the database is not SQLite: then only a query can tell.
+
+        A server following an alias compares tokens once a second and queries only on change.
+        """
+        if self._db_file is None:
+            return None
+        if self._watch is None:
+            uri = f"{self._db_file.absolute().as_uri()}?mode=ro"
+            self._watch = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        version: int = self._watch.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
     def close(self) -> None:
         """Close the pooled database connections."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self._engine.dispose()
 
     def __enter__(self) -> Registry:
