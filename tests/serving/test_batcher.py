@@ -285,3 +285,26 @@ def test_drain_answers_everything_queued_then_refuses() -> None:
             batcher.submit(feed_of(np.ones((1, 1))), 1)
 
     run(main())
+
+
+def test_run_now_computes_an_idle_request_at_once_and_then_lets_arrivals_batch() -> None:
+    compute, sizes = rowwise()
+
+    async def main() -> None:
+        batcher = Batcher(compute, BatcherConfig(max_batch=64, inline_s=1.0))
+        for n in (1, 8):
+            batcher.observe(n, 1e-5 * n)
+        out = batcher.run_now(feed_of(np.full((2, 1), 4.0)), 2)
+        assert out is not None and out["y"].tolist() == [[9.0], [9.0]]
+        # until the loop turns, the model counts as busy: these queue and go as one batch
+        assert batcher.run_now(feed_of(np.ones((1, 1))), 1) is None
+        futures = [batcher.submit(feed_of(np.ones((1, 1))), 1) for _ in range(5)]
+        await asyncio.gather(*futures)
+        assert sizes == [2, 5]
+        # a batch predicted longer than inline_s is not run here
+        slow = Batcher(compute, BatcherConfig(max_batch=64, inline_s=1e-9))
+        slow.observe(1, 1e-3)
+        assert slow.run_now(feed_of(np.ones((1, 1))), 1) is None
+        await batcher.drain()
+
+    run(main())

@@ -330,6 +330,10 @@ class App:
         try:
             feed = predictor.encode(predictor.preprocess(rows))
             n = _rows_in(feed)
+            now = runner.batcher.run_now(feed, n, deadline=deadline)
+            if now is not None:
+                self._child(self.metrics.rows, name).inc(n)
+                return self._answer(name, protocol, render(now), request)
             future = runner.batcher.submit(feed, n, deadline=deadline)
         except OverloadedError as exc:
             return self._answer(name, protocol, _overloaded(exc, error), request)

@@ -103,6 +103,7 @@ class CostModel:
         self._alpha = smoothing
         #: bucket -> [mean rows, mean seconds]
         self._buckets: dict[int, list[float]] = {}
+        self._pending = 0  # observations since the last fit
         self.per_row = 0.0  # a, seconds
         self.fixed = 0.0  # b, seconds
 
@@ -110,17 +111,23 @@ class CostModel:
     def observed(self) -> bool:
         return bool(self._buckets)
 
-    def observe(self, rows: int, seconds: float) -> None:
+    def observe(self, rows: int, seconds: float) -> bool:
+        """Add one batch; True when the line was refitted (on a new bucket, else every 8th)."""
         if rows < 1:
-            return
+            return False
         key = rows.bit_length()
         bucket = self._buckets.get(key)
+        self._pending += 1
         if bucket is None:
             self._buckets[key] = [float(rows), seconds]
         else:
             bucket[0] += self._alpha * (rows - bucket[0])
             bucket[1] += self._alpha * (seconds - bucket[1])
+            if self._pending < 8:
+                return False
+        self._pending = 0
         self._fit()
+        return True
 
     def _fit(self) -> None:
         points = list(self._buckets.values())
@@ -246,8 +253,7 @@ class Batcher:
 
     def observe(self, rows: int, seconds: float) -> None:
         """Teach the cost model one batch's time (warm-up calls this too)."""
-        self.cost.observe(rows, seconds)
-        if self.config.max_batch is None:
+        if self.cost.observe(rows, seconds) and self.config.max_batch is None:
             budget = self.config.timeout_s / 8
             self._max_batch = self.cost.best_batch(budget, limit=self.config.max_batch_limit)
 
@@ -289,6 +295,37 @@ class Batcher:
             )
 
     # -- the queue -------------------------------------------------------------------------------
+
+    def run_now(self, feed: Feed, rows: int, *, deadline: float | None = None) -> Outputs | None:
+        """The inline path without a queue: when the model is idle, nothing waits and the batch
+        is predicted to take under :attr:`inline_s`, compute ``rows`` now on this thread and
+        return their outputs; otherwise None (then :meth:`submit`). Saves the future, the queue
+        entry and the slicing a one-request batch does not need.
+
+        Raises:
+            RowsError: when the model cannot run on these rows.
+        """
+        if self._busy or self._queue or self._closed or not 0 < rows <= self._max_batch:
+            return None
+        predicted = self.cost.predict(rows)
+        if predicted >= self.inline_s or (
+            deadline is not None and time.monotonic() + predicted > deadline
+        ):
+            return None
+        started = time.perf_counter()
+        try:
+            outputs = self._compute(feed)
+        except Exception as exc:
+            raise _as_rows_error(exc) from None
+        seconds = time.perf_counter() - started
+        self.observe(rows, seconds)
+        if self._on_batch is not None:
+            self._on_batch(rows, seconds)
+        # as after any inline batch: what arrives during this loop turn queues, and goes
+        # together once the loop has read it
+        self._busy = True
+        asyncio.get_running_loop().call_soon(self._next)
+        return outputs
 
     def submit(
         self, feed: Feed, rows: int, *, deadline: float | None = None
