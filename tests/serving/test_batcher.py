@@ -81,7 +81,7 @@ def test_the_maximum_batch_is_what_fits_in_an_eighth_of_the_deadline() -> None:
     assert cost.best_batch(1.0, limit=64) == 64
     assert cost.best_batch(0.00001, limit=64) == 1  # never below one row
     assert CostModel().best_batch(1.0, limit=64) == 1  # nothing observed: no batching yet
-    batcher = Batcher(lambda feed: {}, BatcherConfig(timeout_s=0.004))
+    batcher = Batcher(lambda feed: {}, BatcherConfig(timeout_s=0.004, max_batch_limit=4096))
     for n in (1, 100):
         batcher.observe(n, 1e-6 * n + 100e-6)
     assert batcher.max_batch == 400  # 4 ms / 8 = 0.5 ms

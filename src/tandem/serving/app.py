@@ -20,7 +20,7 @@ import logging
 import math
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence, Sized
 from typing import Any
 
 import orjson
@@ -220,7 +220,7 @@ class App:
                 body, request.headers.get("inference-header-content-length"), runner.input_names
             )
             oip.check_outputs(parsed, runner.output_columns)
-            deadline = self._deadline(request, parsed.timeout_ms)
+            deadline = self._deadline(request, parsed.timeout_ms, runner)
         except UsageError as exc:
             return self._answer(name, "v2", json_error(400, str(exc)), request)
 
@@ -251,7 +251,7 @@ class App:
                 runner.input_names,
                 runner.text_columns,
             )
-            deadline = self._deadline(request, parsed.timeout_ms)
+            deadline = self._deadline(request, parsed.timeout_ms, runner)
         except mlflow.UnsupportedMediaTypeError as exc:
             return self._answer(name, "mlflow", mlflow.error(415, str(exc)), request)
         except UsageError as exc:
@@ -284,7 +284,8 @@ class App:
 
     # -- shared by both protocols ----------------------------------------------------------------
 
-    def _deadline(self, request: Request, timeout_ms: float | None) -> float | None:
+    def _deadline(self, request: Request, timeout_ms: float | None, runner: Runner) -> float:
+        """When this request must be answered: from its arrival, not from when it was parsed."""
         if timeout_ms is None and "timeout_ms" in request.query:
             raw = (urllib.parse.parse_qs(request.query).get("timeout_ms") or [""])[0]
             try:
@@ -294,7 +295,7 @@ class App:
                     f"timeout_ms must be a number of milliseconds; got {raw!r}"
                 ) from None
         if timeout_ms is None:
-            return None
+            return request.received + runner.batcher.config.timeout_s
         if not 0 < timeout_ms <= MAX_TIMEOUT_MS or math.isnan(timeout_ms):
             raise UsageError(
                 f"timeout_ms must be between 0 and {MAX_TIMEOUT_MS:.0f}; got {timeout_ms}"
@@ -321,13 +322,19 @@ class App:
         protocol: str,
         request: Request,
         rows: Any,
-        deadline: float | None,
+        deadline: float,
         render: Callable[[Outputs], Response],
         error: ErrorFn,
     ) -> Result:
         name = runner.name
         predictor = runner.predictor
+        batcher = runner.batcher
         try:
+            if batcher.queued_rows:
+                # refuse before encoding when the queue says no: a refusal should cost little
+                estimate = _row_count(rows)
+                if estimate is not None:
+                    batcher.admit(estimate, deadline)
             feed = predictor.encode(predictor.preprocess(rows))
             n = _rows_in(feed)
             now = runner.batcher.run_now(feed, n, deadline=deadline)
@@ -383,6 +390,18 @@ class App:
 
 def _json(obj: Any) -> Response:
     return Response(200, orjson.dumps(obj))
+
+
+def _row_count(rows: Any) -> int | None:
+    """Rows in a parsed body, when that is cheap to tell (a matrix, a list, a dict of lists)."""
+    if hasattr(rows, "shape"):
+        return int(rows.shape[0])
+    if isinstance(rows, list):
+        return len(rows)
+    if isinstance(rows, dict):
+        first = next(iter(rows.values()), None)
+        return len(first) if isinstance(first, Sized) else None
+    return None
 
 
 def _rows_in(feed: dict[str, Any]) -> int:
