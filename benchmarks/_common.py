@@ -194,3 +194,20 @@ def rate(value: float) -> str:
     if value >= 1e3:
         return f"{value / 1e3:.1f}k"
     return f"{value:.0f}"
+
+
+def synthetic_classification(rng: Any, n: int, n_features: int) -> tuple[Any, Any]:
+    """(x, y): standard-normal features and a binary target mixing linear, interaction and
+    non-linear terms, so that both trees and an MLP have something to learn."""
+    import numpy as np
+
+    x = rng.standard_normal((n, n_features))
+    logit = (
+        x[:, 0] * x[:, 1]
+        + np.sin(2.0 * x[:, 2])
+        + 0.5 * x[:, 3:8].sum(axis=1)
+        - 0.7 * x[:, 8] ** 2
+        + 0.7
+    )
+    y = (logit + 0.5 * rng.standard_normal(n) > 0).astype(np.int64)
+    return x, y

@@ -49,6 +49,7 @@ from _common import (
     median,
     paired_ratio,
     rate,
+    synthetic_classification,
     temp_registry,
     text_table,
     write_json,
@@ -71,16 +72,7 @@ def make_data(n_rows: int, seed: int = 0) -> tuple[pa.Table, dict[str, np.ndarra
     rng = np.random.default_rng(seed)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        x = rng.standard_normal((n, N_FEATURES))
-        logit = (
-            x[:, 0] * x[:, 1]
-            + np.sin(2.0 * x[:, 2])
-            + 0.5 * x[:, 3:8].sum(axis=1)
-            - 0.7 * x[:, 8] ** 2
-            + 0.7
-        )
-        y = (logit + 0.5 * rng.standard_normal(n) > 0).astype(np.int64)
-        return x, y
+        return synthetic_classification(rng, n, N_FEATURES)
 
     x, y = draw(n_rows)
     names = [f"f{j:02d}" for j in range(N_FEATURES)]

@@ -83,6 +83,7 @@ from _common import (  # noqa: E402
     machine,
     median,
     paired_ratio,
+    synthetic_classification,
     text_table,
     write_json,
 )
@@ -113,16 +114,7 @@ def make_data(n_rows: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
     rng = np.random.default_rng(seed)
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        x = rng.standard_normal((n, N_FEATURES))
-        logit = (
-            x[:, 0] * x[:, 1]
-            + np.sin(2.0 * x[:, 2])
-            + 0.5 * x[:, 3:8].sum(axis=1)
-            - 0.7 * x[:, 8] ** 2
-            + 0.7
-        )
-        y = (logit + 0.5 * rng.standard_normal(n) > 0).astype(np.int64)
-        return x, y
+        return synthetic_classification(rng, n, N_FEATURES)
 
     x, y = draw(n_rows)
     table = pa.table({**{f"f{j}": x[:, j] for j in range(N_FEATURES)}, "y": y})

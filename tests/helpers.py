@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,3 +46,18 @@ def cli_env(home: Path) -> dict[str, str]:
 
 
 TANDEM = [sys.executable, "-c", "from tandem.cli import main; main()"]
+
+
+def finish(
+    proc: subprocess.Popen[str], *, sig: int | None = signal.SIGTERM, timeout: float = 15
+) -> tuple[int, str, str]:
+    """Send ``sig`` (None: none) to a subprocess still running, wait for it, kill it if it
+    overstays ``timeout``; returns (exit code, stdout, stderr)."""
+    if sig is not None and proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return proc.returncode, out or "", err or ""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TANDEM, cli_env
+from tests.helpers import TANDEM, cli_env, finish
 from tests.serving.test_app import free_port, http_call, wait_until_ready
 
 
@@ -22,14 +22,8 @@ def start(home: Path, *args: str, env: dict[str, str] | None = None) -> subproce
 
 
 def stop(proc: subprocess.Popen[str], *, signal_it: bool = True) -> tuple[int, str]:
-    if signal_it and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return proc.returncode, err
+    code, _, err = finish(proc, sig=signal.SIGTERM if signal_it else None)
+    return code, err
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import tandem
 from tandem.serving import ServeOptions, Server, models
 from tandem.serving.batcher import OverloadedError
-from tests.helpers import TANDEM, cli_env
+from tests.helpers import TANDEM, cli_env, finish
 from tests.serving.conftest import running_server
 from tests.serving.test_app import free_port, http_call
 
@@ -124,14 +124,8 @@ def load(
     try:
         yield report
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        assert proc.returncode == 0, err
+        code, out, err = finish(proc, sig=signal.SIGINT, timeout=30)
+        assert code == 0, err
         report.update(json.loads(out))
 
 
@@ -293,10 +287,5 @@ def test_a_served_process_is_live_at_once_and_ready_only_when_it_answers(
         assert (status, body["model_version"], ref) == (200, "1", "num:1")
         assert http_call(port, "GET", "/v2/health/ready")[0] == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err
+        code, _, err = finish(proc)
+    assert code == 0, err

@@ -51,29 +51,32 @@ def _infer(with_version: bool) -> dict[str, Any]:
     }
 
 
-def _metadata(with_version: bool) -> dict[str, Any]:
+def _model_get(
+    with_version: bool, summary: str, schema: dict[str, Any], what: str
+) -> dict[str, Any]:
     params = [_MODEL, _VERSION] if with_version else [_MODEL]
     return {
         "get": {
-            "summary": "Model metadata: the Bundle's signature",
+            "summary": summary,
             "parameters": params,
-            "responses": {
-                "200": _json(_ref("ModelMetadata"), "Inputs and outputs."),
-                **_errors(404, 503),
-            },
+            "responses": {"200": _json(schema, what), **_errors(404, 503)},
         }
     }
+
+
+def _metadata(with_version: bool) -> dict[str, Any]:
+    return _model_get(
+        with_version,
+        "Model metadata: the Bundle's signature",
+        _ref("ModelMetadata"),
+        "Inputs and outputs.",
+    )
 
 
 def _model_ready(with_version: bool) -> dict[str, Any]:
-    params = [_MODEL, _VERSION] if with_version else [_MODEL]
-    return {
-        "get": {
-            "summary": "Whether the model is loaded and warm",
-            "parameters": params,
-            "responses": {"200": _json({"type": "object"}, "Ready."), **_errors(404, 503)},
-        }
-    }
+    return _model_get(
+        with_version, "Whether the model is loaded and warm", {"type": "object"}, "Ready."
+    )
 
 
 def openapi_document(version: str, models: list[str]) -> dict[str, Any]:
