@@ -214,3 +214,36 @@ def test_serving_a_model_twice_or_none_is_refused(serving_home: Path, refs: list
 
     with pytest.raises(UsageError, match="serve each model once|name at least one model"):
         Server(refs)
+
+
+def test_head_answers_carry_no_body_and_keep_the_connection_usable(mixed_server: Running) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", mixed_server.port, timeout=10)
+    for _ in range(2):
+        conn.request("HEAD", "/ping")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == b""
+    conn.request("GET", "/v2/health/live")
+    assert json.loads(conn.getresponse().read()) == {"live": True}
+    conn.close()
+
+
+def test_an_endless_request_head_gets_431_and_is_cut_off(mixed_server: Running) -> None:
+    with socket.create_connection(("127.0.0.1", mixed_server.port), timeout=5) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nx-big: " + b"a" * 20_000 + b"\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert request(mixed_server, "GET", "/v2/health/live")[0] == 200
+
+
+def test_requests_no_wait_could_admit_are_told_so_not_429(serving_home: Path) -> None:
+    from tandem.serving import BatcherConfig
+
+    with running_server(["num"], serving_home, batching=BatcherConfig(max_queue_rows=10)) as server:
+        rows = [[0.0] * 6] * 11
+        status, answer, headers = post(server, "/invocations", {"instances": rows})
+        assert status == 413 and "queues at most 10" in answer["message"]
+        assert "retry-after" not in headers
+        status, answer, _ = post(
+            server, "/invocations?timeout_ms=0.000001", {"instances": rows[:1]}
+        )
+        assert status == 400 and "more than its 0 ms deadline" in answer["message"]

@@ -181,3 +181,35 @@ def test_routes_and_methods(mixed_server: Running) -> None:
     status, body = get("/v2/nothing")
     assert status == 404 and "/openapi.json" in body["error"]
     conn.close()
+
+
+def test_zero_rows_give_empty_outputs(mixed_server: Running) -> None:
+    inputs = [{"name": n, "shape": [0], "datatype": t, "data": []} for n, t in TYPES.items()]
+    status, body, _ = post(mixed_server, "/v2/models/mixed/infer", {"inputs": inputs})
+    assert status == 200, body
+    assert [(o["name"], o["shape"], o["data"]) for o in body["outputs"]] == [
+        ("label", [0], []), ("proba_no", [0], []), ("proba_yes", [0], []),
+    ]  # fmt: skip
+
+
+def test_columns_of_different_lengths_are_refused_not_truncated(mixed_server: Running) -> None:
+    columns = {k: v.tolist() for k, v in rows(3).items()}
+    columns["city"] = columns["city"][:2]
+    inputs = [
+        {"name": n, "shape": [len(v)], "datatype": TYPES[n], "data": v} for n, v in columns.items()
+    ]
+    status, body, _ = post(mixed_server, "/v2/models/mixed/infer", {"inputs": inputs})
+    assert status == 400 and "different lengths" in body["error"]
+
+
+def test_an_explicit_json_output_wins_over_binary_data_output(mixed_server: Running) -> None:
+    inputs = [
+        {"name": n, "shape": [1], "datatype": t, "data": v}
+        for (n, t), v in zip(TYPES.items(), [0.5, 1.0, "paris", 2, True], strict=True)
+    ]
+    status, body, headers = post(mixed_server, "/v2/models/mixed/infer", {
+        "inputs": inputs, "parameters": {"binary_data_output": True},
+        "outputs": [{"name": "label", "parameters": {"binary_data": False}}],
+    })  # fmt: skip
+    assert status == 200 and "inference-header-content-length" not in headers
+    assert body["outputs"][0]["data"] in (["yes"], ["no"])

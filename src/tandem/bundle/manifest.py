@@ -63,7 +63,7 @@ def graph_feed(
         feed[NUMERIC_INPUT] = without_infinities(np.asarray(numeric, dtype=np.float64))
     if categorical:
         feed[CATEGORICAL_INPUT] = np.array(categorical, dtype=object)
-    if any(v.ndim != 2 for v in feed.values()):
+    if any(v.ndim != 2 for v in feed.values()) or len({v.shape[1] for v in feed.values()}) > 1:
         raise ValueError("columns differ in length")
     return feed
 

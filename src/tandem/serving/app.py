@@ -18,16 +18,18 @@ import asyncio
 import hmac
 import logging
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence, Sized
 from typing import Any
 
+import numpy as np
 import orjson
 
 from tandem.errors import TandemError, UsageError
 from tandem.serving import mlflow, oip
-from tandem.serving.batcher import DeadlineExceededError, Outputs, OverloadedError
+from tandem.serving.batcher import DeadlineExceededError, Outputs, OverloadedError, TooLargeError
 from tandem.serving.http import Request, Response, json_error
 from tandem.serving.metrics import ServerMetrics
 from tandem.serving.models import Runner, ServedModel
@@ -39,6 +41,8 @@ log = logging.getLogger("tandem.serving")
 
 #: routes answered without an API key, so that probes need no secret
 OPEN_ROUTES = frozenset({"/v2/health/live", "/v2/health/ready", "/ping"})
+#: timeout_ms in a query string (timeout_ms=250) or a JSON body ("timeout_ms": 250)
+_TIMEOUT_MS = re.compile(rb'timeout_ms"?\s*[:=]\s*([0-9]+(?:\.[0-9]+)?)')
 #: the most a request may ask for with timeout_ms
 MAX_TIMEOUT_MS = 600_000.0
 
@@ -305,14 +309,24 @@ class App:
     def _early_refusal(
         self, runner: Runner, request: Request, body: bytes, error: ErrorFn
     ) -> Response | None:
-        """429 before parsing, when even an empty request would miss the default deadline (a
-        body that sets its own timeout_ms is parsed first: it may allow longer)."""
+        """429 before parsing, when even a one-row request would miss its deadline: under 2×
+        overload half the requests are refused, and reading their bodies first would spend
+        the model's core on answers that say no. The deadline is the server's default, or a ``timeout_ms`` read from the
+        query or found in the body by a byte scan (the full parse decides everything else)."""
         batcher = runner.batcher
-        if not batcher.queued_rows or b"timeout_ms" in body or "timeout_ms" in request.query:
+        if not batcher.queued_rows:
             return None
+        timeout_s = batcher.config.timeout_s
+        if "timeout_ms" in request.query or b"timeout_ms" in body:
+            found = _TIMEOUT_MS.search(request.query.encode("latin-1")) or _TIMEOUT_MS.search(body)
+            if found is None:
+                return None  # written some other way: let the parser read it
+            timeout_s = float(found.group(1)) / 1e3
         try:
-            batcher.admit(1, request.received + batcher.config.timeout_s)
-        except OverloadedError as exc:
+            batcher.admit(1, request.received + timeout_s)
+        except (OverloadedError, TooLargeError) as exc:
+            if isinstance(exc, TooLargeError):
+                return None  # the parsed request gets the precise answer
             return _overloaded(exc, error)
         return None
 
@@ -335,15 +349,23 @@ class App:
                 estimate = _row_count(rows)
                 if estimate is not None:
                     batcher.admit(estimate, deadline)
-            feed = predictor.encode(predictor.preprocess(rows))
+            try:
+                feed = predictor.encode(predictor.preprocess(rows))
+            except (ValueError, TypeError) as exc:  # numpy's own refusals of odd values
+                raise UsageError(f"the rows cannot be read as the model's columns: {exc}") from None
             n = _rows_in(feed)
-            now = runner.batcher.run_now(feed, n, deadline=deadline)
+            if n == 0:  # nothing to compute: the output columns, empty
+                empty = predictor.decode(np.empty((0, len(runner.output_columns) - 1 or 1)))
+                return self._answer(name, protocol, render(empty), request)
+            now = batcher.run_now(feed, n, deadline=deadline)
             if now is not None:
                 self._child(self.metrics.rows, name).inc(n)
                 return self._answer(name, protocol, render(now), request)
-            future = runner.batcher.submit(feed, n, deadline=deadline)
+            future = batcher.submit(feed, n, deadline=deadline)
         except OverloadedError as exc:
             return self._answer(name, protocol, _overloaded(exc, error), request)
+        except TooLargeError as exc:
+            return self._answer(name, protocol, error(exc.status, str(exc)), request)
         except UsageError as exc:
             return self._answer(name, protocol, error(400, str(exc)), request)
         self._child(self.metrics.rows, name).inc(n)

@@ -47,6 +47,8 @@ class AsgiApp:
                 try:
                     self.server = Server(self.refs, self.options)
                     await self.server.start(bind=False)
+                    assert self.server.loading is not None
+                    await self.server.loading  # a model that cannot load fails start-up here
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return

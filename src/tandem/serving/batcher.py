@@ -56,6 +56,7 @@ __all__ = [
     "DeadlineExceededError",
     "OverloadedError",
     "RowsError",
+    "TooLargeError",
 ]
 
 #: share of a request's remaining time that admission keeps in reserve
@@ -83,6 +84,15 @@ class DeadlineExceededError(TandemError):
 
 class RowsError(UsageError):
     """The model could not run on this request's rows (HTTP 400); other requests are unharmed."""
+
+
+class TooLargeError(UsageError):
+    """A request no wait could ever admit: more rows than the queue holds (HTTP 413), or more
+    compute than its own deadline allows (HTTP 400). Retrying as is cannot succeed."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class CostModel:
@@ -283,6 +293,20 @@ class Batcher:
         now = time.monotonic() if now is None else now
         if self._closed:
             raise OverloadedError(f"model {self.name} is shutting down; retry shortly", 1.0)
+        if rows > self.config.max_queue_rows:
+            raise TooLargeError(
+                f"the request has {rows} rows; model {self.name} queues at most "
+                f"{self.config.max_queue_rows}: split it into smaller requests",
+                413,
+            )
+        alone = self.cost.drain_time(rows, self.max_batch)
+        if now + alone > deadline:
+            raise TooLargeError(
+                f"the request's {rows} rows need about {alone * 1e3:.0f} ms of compute on an idle "
+                f"model, more than its {max(0.0, deadline - now) * 1e3:.0f} ms deadline allows: "
+                "allow a longer timeout_ms or send fewer rows",
+                400,
+            )
         if self._queued_rows + rows > self.config.max_queue_rows:
             raise OverloadedError(
                 f"the queue of model {self.name} is full ({self._queued_rows} rows waiting); "
@@ -315,6 +339,8 @@ class Batcher:
         """
         if self._busy or self._queue or self._closed or not 0 < rows <= self._max_batch:
             return None
+        if rows > self.config.max_queue_rows:
+            return None  # submit refuses it, as it would on a busy model
         predicted = self.cost.predict(rows)
         if predicted >= self.inline_s or (
             deadline is not None and time.monotonic() + predicted > deadline
@@ -433,15 +459,14 @@ class Batcher:
     def _run(self, chunks: list[_Chunk]) -> tuple[Outputs | list[Outputs | Exception], float]:
         """In the worker thread: join the chunks' feeds, run once, time it."""
         started = time.perf_counter()
-        feed = _join(chunks)
         try:
-            outputs: Outputs | list[Outputs | Exception] = self._compute(feed)
+            outputs: Outputs | list[Outputs | Exception] = self._compute(_join(chunks))
         except Exception:
             if len(chunks) == 1:
-                outputs = [_attempt(self._compute, _join(chunks))]
+                outputs = [_attempt(self._compute, chunks)]
             else:
                 # one bad request must not fail its batch-mates: run each alone
-                outputs = [_attempt(self._compute, _join([c])) for c in chunks]
+                outputs = [_attempt(self._compute, [c]) for c in chunks]
         return outputs, time.perf_counter() - started
 
     def _finished(self, chunks: list[_Chunk], work: asyncio.Future[Any], started: float) -> None:
@@ -462,6 +487,16 @@ class Batcher:
             self._idle.set()
 
     def _complete(
+        self, chunks: list[_Chunk], outputs: Outputs | list[Outputs | Exception], seconds: float
+    ) -> None:
+        try:
+            self._deliver_all(chunks, outputs, seconds)
+        except Exception as exc:  # never leave a caller waiting, nor the batcher busy
+            for c in chunks:
+                if not c.request.future.done():
+                    c.request.future.set_exception(_as_rows_error(exc))
+
+    def _deliver_all(
         self, chunks: list[_Chunk], outputs: Outputs | list[Outputs | Exception], seconds: float
     ) -> None:
         rows = sum(c.stop - c.start for c in chunks)
@@ -535,9 +570,9 @@ def _join(chunks: list[_Chunk]) -> dict[str, np.ndarray]:
     }
 
 
-def _attempt(compute: Compute, feed: Feed) -> Outputs | Exception:
+def _attempt(compute: Compute, chunks: list[_Chunk]) -> Outputs | Exception:
     try:
-        return compute(feed)
+        return compute(_join(chunks))
     except Exception as exc:
         return exc
 

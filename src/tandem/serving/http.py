@@ -35,6 +35,10 @@ __all__ = ["HttpServer", "Request", "Response", "json_error"]
 log = logging.getLogger("tandem.serving")
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+#: the most bytes a request line plus headers may take (431 above), and how long a client may
+#: take to send them: a slow or endless head must not hold a connection slot or grow memory
+MAX_HEAD_BYTES = 16 * 1024
+HEAD_TIMEOUT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -49,6 +53,8 @@ class Request:
     received: float
     #: False when the client asked to close after this request (or speaks HTTP/1.0)
     keep_alive: bool = True
+    #: HEAD: the response keeps its headers (content-length included) and drops its body
+    head_only: bool = False
 
 
 @dataclass(slots=True)
@@ -134,9 +140,14 @@ class HttpServer:
         period = max(0.5, min(5.0, self.idle_timeout / 4))
         while True:
             await asyncio.sleep(period)
-            cutoff = time.monotonic() - self.idle_timeout
+            now = time.monotonic()
+            cutoff = now - self.idle_timeout
             for conn in list(self.connections):
-                if conn.last_active < cutoff and not conn.busy:
+                if conn.busy:
+                    continue
+                if conn.last_active < cutoff or (
+                    conn.head_started is not None and now - conn.head_started > HEAD_TIMEOUT_S
+                ):
                     conn.close()
 
     async def close(self, grace: float = 10.0) -> None:
@@ -164,7 +175,10 @@ class _Connection(asyncio.Protocol):
         self.pending: deque[Request] = deque()
         self.busy = False
         self.keep_alive = True
+        self.closing = False  # a request asked to close: what follows it is not served
         self.writable = True
+        self.head_started: float | None = None
+        self.head_done = True  # between messages: set False when a new one begins
         self.last_active = time.monotonic()
         self._reset()
 
@@ -173,6 +187,7 @@ class _Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.body_size = 0
+        self.head_size = 0
         self.refused = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
@@ -198,11 +213,18 @@ class _Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         try:
             self.parser.feed_data(data)
+            if not self.head_done and not self.refused:
+                # httptools buffers a header until its line ends: count what it holds here
+                self.head_size += len(data)
+                if self.head_size > MAX_HEAD_BYTES:
+                    self._fail(431, f"the request line and headers are over {MAX_HEAD_BYTES} bytes")
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades (websocket, h2c) are not served here")
         except httptools.HttpParserError as exc:
             if not self.refused:
                 self._fail(400, f"malformed HTTP request: {exc}")
+            elif self.transport is not None and not self.busy:
+                self.transport.close()
 
     def pause_writing(self) -> None:
         self.writable = False
@@ -215,6 +237,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self.head_started = time.monotonic()
+        self.head_done = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -223,6 +247,8 @@ class _Connection(asyncio.Protocol):
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self.head_started = None
+        self.head_done = True
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.server.max_body:
             self._refuse_body(int(length))
@@ -240,7 +266,8 @@ class _Connection(asyncio.Protocol):
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
-        if self.refused:
+        self.head_size = 0
+        if self.refused or self.closing:
             return
         url = httptools.parse_url(self.url)
         request = Request(
@@ -252,6 +279,8 @@ class _Connection(asyncio.Protocol):
             time.monotonic(),
             self.parser.should_keep_alive(),
         )
+        request.head_only = request.method == "HEAD"
+        self.closing = not request.keep_alive
         self.pending.append(request)
         if len(self.pending) > 16 and self.transport is not None:
             self.transport.pause_reading()  # a client pipelining without reading answers
@@ -268,27 +297,25 @@ class _Connection(asyncio.Protocol):
                 log.exception("unexpected error answering %s %s", request.method, request.path)
                 result = json_error(500, "internal server error")
             if isinstance(result, Response):
-                self._write(result, request.keep_alive)
+                self._write(result, request.keep_alive, request.head_only)
                 continue
             self.busy = True
             future = asyncio.ensure_future(result)
-            future.add_done_callback(
-                functools.partial(self._awaited, keep_alive=request.keep_alive)
-            )
+            future.add_done_callback(functools.partial(self._awaited, request=request))
         if not self.pending and self.transport is not None and not self.transport.is_reading():
             self.transport.resume_reading()
 
-    def _awaited(self, future: asyncio.Future[Response], keep_alive: bool) -> None:
+    def _awaited(self, future: asyncio.Future[Response], request: Request) -> None:
         self.busy = False
         try:
             response = future.result()
         except Exception:
             log.exception("unexpected error answering a request")
             response = json_error(500, "internal server error")
-        self._write(response, keep_alive)
+        self._write(response, request.keep_alive, request.head_only)
         self._next()
 
-    def _write(self, response: Response, keep_alive: bool = True) -> None:
+    def _write(self, response: Response, keep_alive: bool = True, head_only: bool = False) -> None:
         transport = self.transport
         if transport is None:
             return
@@ -307,7 +334,8 @@ class _Connection(asyncio.Protocol):
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
-        head.append(response.body)
+        if not head_only:
+            head.append(response.body)
         transport.write(b"".join(head))
         if not self.keep_alive:
             self.pending.clear()

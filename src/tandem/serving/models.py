@@ -27,6 +27,8 @@ __all__ = ["Runner", "ServedModel", "load_runner"]
 
 log = logging.getLogger("tandem.serving")
 
+#: seconds before a version that failed to load is tried again
+RETRY_FAILED_S = 30.0
 #: warm-up batch sizes; each runs five times and the fastest later run seeds the cost model
 WARMUP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -121,7 +123,8 @@ class ServedModel:
     on_swap: Callable[[Runner], None] | None = None
     runner: Runner | None = None
     _swapping: bool = field(default=False, repr=False)
-    _failed: int | None = field(default=None, repr=False)  # a version that would not load
+    #: a version that would not load, and when to try it again
+    _failed: tuple[int, float] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -158,30 +161,34 @@ class ServedModel:
         return runner
 
     async def refresh(self) -> bool:
-        """Follow the reference: switch if it names another version now. True if switched."""
+        """Follow the reference: switch if it names another version now.
+
+        Returns False when it could not settle (the registry could not answer, or the version
+        it names failed to load, which is tried again after :data:`RETRY_FAILED_S`), True when
+        the served version is what the reference names.
+        """
         if not self.follows or self._swapping:
-            return False
+            return True
         loop = asyncio.get_running_loop()
         try:
             version = await loop.run_in_executor(None, self.resolve)
         except Exception as exc:  # alias deleted, registry unreachable: keep serving
             log.warning("%s: cannot resolve (%s); still serving the loaded version", self.ref, exc)
             return False
-        if version.version == self._failed or (
-            self.runner is not None and version.version == self.runner.version
-        ):
+        if self.runner is not None and version.version == self.runner.version:
+            return True
+        failed = self._failed
+        if failed is not None and failed[0] == version.version and time.monotonic() < failed[1]:
             return False
         self._swapping = True
         try:
             await self.load(version)
         except Exception as exc:
-            self._failed = version.version
+            self._failed = (version.version, time.monotonic() + RETRY_FAILED_S)
             log.error(
-                "%s: version %d failed to load (%s); still serving the old one",
-                self.ref,
-                version.version,
-                exc,
-            )
+                "%s: version %d failed to load (%s); still serving the old one, retrying in %.0f s",
+                self.ref, version.version, exc, RETRY_FAILED_S,
+            )  # fmt: skip
             return False
         finally:
             self._swapping = False

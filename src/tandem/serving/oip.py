@@ -56,8 +56,9 @@ class InferRequest:
     #: what the Predictor's preprocess step takes: a dict of columns or an (n, k) matrix
     rows: Mapping[str, Any] | np.ndarray
     id: str | None
-    #: output names asked for (None: all), and whether each comes back binary
-    outputs: list[tuple[str, bool]] | None
+    #: output names asked for (None: all), and whether each comes back binary (None: as the
+    #: request's binary_data_output says)
+    outputs: list[tuple[str, bool | None]] | None
     binary_all: bool
     timeout_ms: float | None
 
@@ -114,7 +115,7 @@ def parse_infer(body: bytes, header_length: str | None, names: Sequence[str]) ->
                     f"the columns {list(names)}"
                 )
         rows = tensors
-    wanted = None
+    wanted: list[tuple[str, bool | None]] | None = None
     if obj.get("outputs") is not None:
         if not isinstance(obj["outputs"], list):
             raise ProtocolError('"outputs" must be a list of {"name": ...} objects')
@@ -122,12 +123,8 @@ def parse_infer(body: bytes, header_length: str | None, names: Sequence[str]) ->
         for out in obj["outputs"]:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise ProtocolError('each of "outputs" must be an object with a "name"')
-            binary = (
-                _params(out, "an output").get("binary_data", False)
-                if "parameters" in out
-                else False
-            )
-            wanted.append((out["name"], bool(binary)))
+            binary = _params(out, "an output").get("binary_data") if "parameters" in out else None
+            wanted.append((out["name"], None if binary is None else bool(binary)))
     request_id = obj.get("id")
     timeout = params.get("timeout_ms")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
@@ -266,7 +263,10 @@ def render_infer(
     if request.outputs is None:
         chosen = [(name, request.binary_all) for name in declared]
     else:
-        chosen = [(name, binary or request.binary_all) for name, binary in request.outputs]
+        chosen = [
+            (name, request.binary_all if binary is None else binary)
+            for name, binary in request.outputs
+        ]
     tensors = []
     blobs: list[bytes] = []
     for name, binary in chosen:

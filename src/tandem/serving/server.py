@@ -132,16 +132,23 @@ class Server:
     async def _follow(self) -> None:
         # a query costs ~1 ms of Python in a thread, which contends for the GIL with the
         # event loop (measured as p99 spikes once a second); SQLite tells for free whether
-        # anything changed, so the query runs only then
+        # anything changed, so the query runs only then, or when the last turn did not settle
         token = None  # the first turn always reads: a move during start-up must not be missed
         while True:
             await asyncio.sleep(self.options.poll_s)
-            now = self.registry.change_token()
-            if now is not None and now == token:
-                continue
-            token = now
-            for m in self.models:
-                await m.refresh()
+            try:
+                now = self.registry.change_token()
+                if now is not None and now == token:
+                    continue
+                settled = True
+                for m in self.models:
+                    settled = await m.refresh() and settled
+                if settled:  # remember the state only once every model has caught up with it
+                    token = now
+            except Exception:  # a broken registry must not end following for good
+                log.exception(
+                    "following the registry failed; trying again in %.1f s", self.options.poll_s
+                )
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, answer what is in flight, release everything."""
