@@ -61,6 +61,10 @@ __all__ = [
 
 #: share of a request's remaining time that admission keeps in reserve
 ADMISSION_MARGIN = 0.25
+#: a queued request is expired (504, not computed) when its deadline has passed, or when its
+#: batch is predicted to end more than this after it: a prediction some ms over is within the
+#: noise of the cost model, and an answer a few ms late serves a client better than none
+EXPIRY_GRACE_S = 0.05
 
 #: A request's input: graph-input name -> array whose LAST axis is the row axis (the
 #: Predictor's column-major feed); outputs come back as name -> array with rows on axis 0.
@@ -214,6 +218,7 @@ class _Request:
     deadline: float  # time.monotonic()
     future: asyncio.Future[Outputs]
     enqueued: float
+    predicted_wait: float = 0.0  # what admission expected this request to wait
     done: int = 0  # rows already handed to a batch
     parts: list[Outputs] = field(default_factory=list)
     failed: bool = False
@@ -256,6 +261,9 @@ class Batcher:
         self._idle: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"tandem-{name}")
         self._max_batch = self.config.max_batch or 1
+        #: how much longer queued requests really waited than predicted (EWMA, >= 1): the
+        #: cost model times batches, not what the event loop does between them
+        self._wait_scale = 1.0
         inline = self.config.inline_s
         self.inline_s: float = (
             inline if inline is not None else (0.001 if _cores() == 1 else 0.0001)
@@ -286,7 +294,7 @@ class Batcher:
             wait = max(0.0, self._running_since + self.cost.predict(self._running_rows) - now)
         if self._queued_rows:
             wait += self.cost.drain_time(self._queued_rows, self.max_batch)
-        return wait
+        return wait * self._wait_scale
 
     def admit(self, rows: int, deadline: float, now: float | None = None) -> None:
         """Raise :class:`OverloadedError` unless ``rows`` more rows can finish by ``deadline``."""
@@ -377,7 +385,7 @@ class Batcher:
         if rows == 0:
             future.set_result({})
             return future
-        self._queue.append(_Request(feed, rows, deadline, future, now))
+        self._queue.append(_Request(feed, rows, deadline, future, now, self.predicted_wait(now)))
         self._queued_rows += rows
         if not self._busy:
             self._dispatch()
@@ -410,10 +418,13 @@ class Batcher:
             if chunks and ends > earliest:
                 break  # more rows would make a request already in this batch late
             finishes = ends + (cost.drain_time(left - take, limit) if take < left else 0.0)
-            if finishes > request.deadline:
+            if now >= request.deadline or finishes > request.deadline + EXPIRY_GRACE_S:
                 self._expire(request, now)
                 continue
             earliest = min(earliest, request.deadline)
+            if request.done == 0 and request.predicted_wait > 0.001:
+                ratio = (now - request.enqueued) / (request.predicted_wait / self._wait_scale)
+                self._wait_scale += 0.05 * (min(max(ratio, 1.0), 3.0) - self._wait_scale)
             chunks.append(_Chunk(request, request.done, request.done + take))
             request.done += take
             rows += take
