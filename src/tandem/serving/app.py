@@ -21,7 +21,7 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence, Sized
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,8 +67,7 @@ class App:
         self.ready = False
         self.version = __version__
         self._key = api_key.encode() if api_key else None
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._children: dict[tuple[int, str], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._openapi = orjson.dumps(openapi_document(__version__, list(self.models)))
         for m in models:
             m.on_batch = self._batch_hook
@@ -92,20 +91,16 @@ class App:
             self.metrics.swaps.labels(runner.name).inc()
 
     def _count(self, model: str, protocol: str, code: int, received: float) -> None:
-        # prometheus_client's labels() costs a few µs; the children are looked up once
-        key = (model, protocol, code)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.metrics.requests.labels(model, protocol, str(code))
-        counter.inc()
+        self._child(self.metrics.requests, model, protocol, str(code)).inc()
         if code == 200:
             self._child(self.metrics.latency, model).observe(time.monotonic() - received)
 
-    def _child(self, metric: Any, model: str) -> Any:
-        key = (id(metric), model)
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # prometheus_client's labels() costs a few µs; each child is looked up once
+        key = (id(metric), labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(model)
+            child = self._children[key] = metric.labels(*labels)
         return child
 
     # -- routing ---------------------------------------------------------------------------------
@@ -213,25 +208,20 @@ class App:
         return self._need(method, "POST") or self._oip_infer(request, runner)
 
     def _oip_infer(self, request: Request, runner: Runner) -> Result:
-        name = runner.name
-        body = _decoded(request)
-        if isinstance(body, Response):
-            return self._answer(name, "v2", body, request)
-        if (early := self._early_refusal(runner, request, body, json_error)) is not None:
-            return self._answer(name, "v2", early, request)
-        try:
+        def parse(body: bytes) -> tuple[Any, float | None, Callable[[Outputs], Response]]:
             parsed = oip.parse_infer(
                 body, request.headers.get("inference-header-content-length"), runner.input_names
             )
             oip.check_outputs(parsed, runner.output_columns)
-            deadline = self._deadline(request, parsed.timeout_ms, runner)
-        except UsageError as exc:
-            return self._answer(name, "v2", json_error(400, str(exc)), request)
+            return (
+                parsed.rows,
+                parsed.timeout_ms,
+                lambda outputs: oip.render_infer(
+                    runner.name, runner.version, parsed, outputs, runner.output_columns
+                ),
+            )
 
-        def render(outputs: Outputs) -> Response:
-            return oip.render_infer(name, runner.version, parsed, outputs, runner.output_columns)
-
-        return self._submit(runner, "v2", request, parsed.rows, deadline, render, json_error)
+        return self._predict(request, runner, "v2", json_error, parse)
 
     # -- MLflow / SageMaker ----------------------------------------------------------------------
 
@@ -239,38 +229,35 @@ class App:
         served = self._pick_model(request)
         if isinstance(served, Response):
             return served
-        name = served.name
         runner = served.runner
         if runner is None:
-            return self._answer(name, "mlflow", self._not_ready(mlflow.error, name), request)
-        body = _decoded(request, mlflow.error)
-        if isinstance(body, Response):
-            return self._answer(name, "mlflow", body, request)
-        if (early := self._early_refusal(runner, request, body, mlflow.error)) is not None:
-            return self._answer(name, "mlflow", early, request)
-        try:
+            return self._answer(
+                served.name, "mlflow", self._not_ready(mlflow.error, served.name), request
+            )
+
+        def parse(body: bytes) -> tuple[Any, float | None, Callable[[Outputs], Response]]:
             parsed = mlflow.parse_invocation(
                 body,
                 request.headers.get("content-type", ""),
                 runner.input_names,
                 runner.text_columns,
             )
-            deadline = self._deadline(request, parsed.timeout_ms, runner)
-        except mlflow.UnsupportedMediaTypeError as exc:
-            return self._answer(name, "mlflow", mlflow.error(415, str(exc)), request)
-        except UsageError as exc:
-            return self._answer(name, "mlflow", mlflow.error(400, str(exc)), request)
-
-        def render(outputs: Outputs) -> Response:
-            return Response(
-                200, mlflow.render_predictions(outputs), headers=[("x-tandem-model", runner.ref)]
+            return (
+                parsed.rows,
+                parsed.timeout_ms,
+                lambda outputs: Response(
+                    200,
+                    mlflow.render_predictions(runner.predictor.postprocess(outputs, [])),
+                    headers=[("x-tandem-model", runner.ref)],
+                ),
             )
 
-        return self._submit(runner, "mlflow", request, parsed.rows, deadline, render, mlflow.error)
+        return self._predict(request, runner, "mlflow", mlflow.error, parse)
 
     def _pick_model(self, request: Request) -> ServedModel | Response:
-        query = urllib.parse.parse_qs(request.query)
-        wanted = request.headers.get("x-tandem-model") or next(iter(query.get("model", [])), None)
+        wanted = request.headers.get("x-tandem-model")
+        if wanted is None and request.query:
+            wanted = next(iter(urllib.parse.parse_qs(request.query).get("model", [])), None)
         if wanted is None:
             if len(self.models) == 1:
                 return next(iter(self.models.values()))
@@ -311,8 +298,9 @@ class App:
     ) -> Response | None:
         """429 before parsing, when even a one-row request would miss its deadline: under 2×
         overload half the requests are refused, and reading their bodies first would spend
-        the model's core on answers that say no. The deadline is the server's default, or a ``timeout_ms`` read from the
-        query or found in the body by a byte scan (the full parse decides everything else)."""
+        the model's core on answers that say no. The deadline is the server's default, or a
+        ``timeout_ms`` read from the query or found in the body by a byte scan (the full parse
+        decides everything else)."""
         batcher = runner.batcher
         if not batcher.queued_rows:
             return None
@@ -324,31 +312,35 @@ class App:
             timeout_s = float(found.group(1)) / 1e3
         try:
             batcher.admit(1, request.received + timeout_s)
-        except (OverloadedError, TooLargeError) as exc:
-            if isinstance(exc, TooLargeError):
-                return None  # the parsed request gets the precise answer
+        except TooLargeError:
+            return None  # the parsed request gets the precise answer
+        except OverloadedError as exc:
             return _overloaded(exc, error)
         return None
 
-    def _submit(
+    def _predict(
         self,
+        request: Request,
         runner: Runner,
         protocol: str,
-        request: Request,
-        rows: Any,
-        deadline: float,
-        render: Callable[[Outputs], Response],
         error: ErrorFn,
+        parse: Callable[[bytes], tuple[Any, float | None, Callable[[Outputs], Response]]],
     ) -> Result:
+        """The path both protocols share: inflate, refuse early, parse, encode, batch, render.
+
+        ``parse`` reads the protocol's body into (rows for the Predictor, the request's own
+        timeout_ms or None, how to render outputs); errors map to their status (400 unless the
+        error says otherwise: 413, 415) in the protocol's error shape.
+        """
         name = runner.name
         predictor = runner.predictor
         batcher = runner.batcher
         try:
-            if batcher.queued_rows:
-                # refuse before encoding when the queue says no: a refusal should cost little
-                estimate = _row_count(rows)
-                if estimate is not None:
-                    batcher.admit(estimate, deadline)
+            body = _decoded(request)
+            if (early := self._early_refusal(runner, request, body, error)) is not None:
+                return self._answer(name, protocol, early, request)
+            rows, timeout_ms, render = parse(body)
+            deadline = self._deadline(request, timeout_ms, runner)
             try:
                 feed = predictor.encode(predictor.preprocess(rows))
             except (ValueError, TypeError) as exc:  # numpy's own refusals of odd values
@@ -364,10 +356,8 @@ class App:
             future = batcher.submit(feed, n, deadline=deadline)
         except OverloadedError as exc:
             return self._answer(name, protocol, _overloaded(exc, error), request)
-        except TooLargeError as exc:
-            return self._answer(name, protocol, error(exc.status, str(exc)), request)
         except UsageError as exc:
-            return self._answer(name, protocol, error(400, str(exc)), request)
+            return self._answer(name, protocol, error(_status(exc), str(exc)), request)
         self._child(self.metrics.rows, name).inc(n)
 
         def finish(f: asyncio.Future[Outputs]) -> Response:
@@ -376,7 +366,7 @@ class App:
             except DeadlineExceededError as exc:
                 response = error(504, str(exc))
             except UsageError as exc:
-                response = error(400, str(exc))
+                response = error(_status(exc), str(exc))
             except TandemError as exc:
                 log.error("model %s failed: %s", runner.ref, exc)
                 response = error(500, f"model {runner.ref} failed; see the server log")
@@ -414,18 +404,6 @@ def _json(obj: Any) -> Response:
     return Response(200, orjson.dumps(obj))
 
 
-def _row_count(rows: Any) -> int | None:
-    """Rows in a parsed body, when that is cheap to tell (a matrix, a list, a dict of lists)."""
-    if hasattr(rows, "shape"):
-        return int(rows.shape[0])
-    if isinstance(rows, list):
-        return len(rows)
-    if isinstance(rows, dict):
-        first = next(iter(rows.values()), None)
-        return len(first) if isinstance(first, Sized) else None
-    return None
-
-
 def _rows_in(feed: dict[str, Any]) -> int:
     for array in feed.values():
         return int(array.shape[-1])
@@ -436,14 +414,26 @@ def _overloaded(exc: OverloadedError, error: ErrorFn) -> Response:
     return error(429, str(exc), retry_after=str(max(1, math.ceil(exc.retry_after_s))))
 
 
-def _decoded(request: Request, error: ErrorFn = json_error) -> bytes | Response:
+def _status(exc: UsageError) -> int:
+    """The HTTP status of a refused request: 400 unless the error carries its own."""
+    status: int = getattr(exc, "status", 400)
+    return status
+
+
+class _EncodingError(UsageError):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _decoded(request: Request) -> bytes:
     """The body, inflated when the client compressed it (tritonclient can)."""
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding in ("identity", ""):
         return request.body
     if encoding not in ("gzip", "deflate"):
-        return error(
-            415, f"content encoding {encoding!r} is not accepted: use gzip, deflate or none"
+        raise _EncodingError(
+            f"content encoding {encoding!r} is not accepted: use gzip, deflate or none", 415
         )
     import zlib
 
@@ -452,7 +442,9 @@ def _decoded(request: Request, error: ErrorFn = json_error) -> bytes | Response:
     try:
         out = inflater.decompress(request.body, limit)
     except zlib.error as exc:
-        return error(400, f"the {encoding} body cannot be inflated: {exc}")
+        raise _EncodingError(f"the {encoding} body cannot be inflated: {exc}", 400) from None
     if inflater.unconsumed_tail:
-        return error(413, f"the inflated body is over {limit} bytes: send fewer rows per request")
+        raise _EncodingError(
+            f"the inflated body is over {limit} bytes: send fewer rows per request", 413
+        )
     return out

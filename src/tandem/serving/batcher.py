@@ -218,7 +218,7 @@ class _Request:
     deadline: float  # time.monotonic()
     future: asyncio.Future[Outputs]
     enqueued: float
-    predicted_wait: float = 0.0  # what admission expected this request to wait
+    predicted_wait: float = 0.0  # the cost model's wait for it at admission, before scaling
     done: int = 0  # rows already handed to a batch
     parts: list[Outputs] = field(default_factory=list)
     failed: bool = False
@@ -275,6 +275,12 @@ class Batcher:
     def max_batch(self) -> int:
         return self._max_batch
 
+    def _record(self, rows: int, seconds: float) -> None:
+        """A batch that ran: teach the cost model, tell the metrics."""
+        self.observe(rows, seconds)
+        if self._on_batch is not None:
+            self._on_batch(rows, seconds)
+
     def observe(self, rows: int, seconds: float) -> None:
         """Teach the cost model one batch's time (warm-up calls this too)."""
         if self.cost.observe(rows, seconds) and self.config.max_batch is None:
@@ -296,8 +302,9 @@ class Batcher:
             wait += self.cost.drain_time(self._queued_rows, self.max_batch)
         return wait * self._wait_scale
 
-    def admit(self, rows: int, deadline: float, now: float | None = None) -> None:
-        """Raise :class:`OverloadedError` unless ``rows`` more rows can finish by ``deadline``."""
+    def admit(self, rows: int, deadline: float, now: float | None = None) -> float:
+        """Raise :class:`OverloadedError` unless ``rows`` more rows can finish by ``deadline``;
+        returns the predicted wait before they start."""
         now = time.monotonic() if now is None else now
         if self._closed:
             raise OverloadedError(f"model {self.name} is shutting down; retry shortly", 1.0)
@@ -322,7 +329,7 @@ class Batcher:
                 self.predicted_wait(now),
             )
         wait = self.predicted_wait(now)
-        done = wait + self.cost.drain_time(rows, self.max_batch)
+        done = wait + alone
         # a quarter of the time left is kept as margin: predictions are means, and a request
         # admitted on a bet that exactly breaks even is one that expires in the queue
         if now + done > deadline - ADMISSION_MARGIN * (deadline - now):
@@ -333,6 +340,7 @@ class Batcher:
                 "Retry-After delay or allow a longer timeout_ms",
                 wait,
             )
+        return wait
 
     # -- the queue -------------------------------------------------------------------------------
 
@@ -359,10 +367,7 @@ class Batcher:
             outputs = self._compute(feed)
         except Exception as exc:
             raise _as_rows_error(exc) from None
-        seconds = time.perf_counter() - started
-        self.observe(rows, seconds)
-        if self._on_batch is not None:
-            self._on_batch(rows, seconds)
+        self._record(rows, time.perf_counter() - started)
         # as after any inline batch: what arrives during this loop turn queues, and goes
         # together once the loop has read it
         self._busy = True
@@ -380,12 +385,12 @@ class Batcher:
         now = time.monotonic()
         if deadline is None:
             deadline = now + self.config.timeout_s
-        self.admit(rows, deadline, now)
+        wait = self.admit(rows, deadline, now)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         if rows == 0:
             future.set_result({})
             return future
-        self._queue.append(_Request(feed, rows, deadline, future, now, self.predicted_wait(now)))
+        self._queue.append(_Request(feed, rows, deadline, future, now, wait / self._wait_scale))
         self._queued_rows += rows
         if not self._busy:
             self._dispatch()
@@ -423,7 +428,7 @@ class Batcher:
                 continue
             earliest = min(earliest, request.deadline)
             if request.done == 0 and request.predicted_wait > 0.001:
-                ratio = (now - request.enqueued) / (request.predicted_wait / self._wait_scale)
+                ratio = (now - request.enqueued) / request.predicted_wait
                 self._wait_scale += 0.05 * (min(max(ratio, 1.0), 3.0) - self._wait_scale)
             chunks.append(_Chunk(request, request.done, request.done + take))
             request.done += take
@@ -472,12 +477,10 @@ class Batcher:
         started = time.perf_counter()
         try:
             outputs: Outputs | list[Outputs | Exception] = self._compute(_join(chunks))
-        except Exception:
-            if len(chunks) == 1:
-                outputs = [_attempt(self._compute, chunks)]
-            else:
-                # one bad request must not fail its batch-mates: run each alone
-                outputs = [_attempt(self._compute, [c]) for c in chunks]
+        except Exception as exc:
+            # one request: the failure is its own, no need to run it again to know; several:
+            # one bad request must not fail its batch-mates, so each runs alone
+            outputs = [exc] if len(chunks) == 1 else [_attempt(self._compute, [c]) for c in chunks]
         return outputs, time.perf_counter() - started
 
     def _finished(self, chunks: list[_Chunk], work: asyncio.Future[Any], started: float) -> None:
@@ -510,19 +513,18 @@ class Batcher:
     def _deliver_all(
         self, chunks: list[_Chunk], outputs: Outputs | list[Outputs | Exception], seconds: float
     ) -> None:
-        rows = sum(c.stop - c.start for c in chunks)
         if isinstance(outputs, dict):
-            self.observe(rows, seconds)
             offset = 0
             for c in chunks:
                 n = c.stop - c.start
                 self._deliver(c, {k: v[offset : offset + n] for k, v in outputs.items()})
                 offset += n
-        else:
+            self._record(offset, seconds)
+        else:  # failed batches teach the cost model nothing
             for c, out in zip(chunks, outputs, strict=True):
                 self._deliver(c, out)
-        if self._on_batch is not None:
-            self._on_batch(rows, seconds)
+            if self._on_batch is not None:
+                self._on_batch(sum(c.stop - c.start for c in chunks), seconds)
 
     def _deliver(self, chunk: _Chunk, outputs: Outputs | BaseException) -> None:
         request = chunk.request
@@ -567,12 +569,12 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _join(chunks: list[_Chunk]) -> dict[str, np.ndarray]:
+def _join(chunks: list[_Chunk]) -> Feed:
     if len(chunks) == 1:
         c = chunks[0]
         r = c.request
         if c.start == 0 and c.stop == r.rows:
-            return dict(r.feed)
+            return r.feed
         return {k: v[..., c.start : c.stop] for k, v in r.feed.items()}
     names = chunks[0].request.feed.keys()
     return {

@@ -29,6 +29,7 @@ from http import HTTPStatus
 from typing import cast
 
 import httptools
+import orjson
 
 __all__ = ["HttpServer", "Request", "Response", "json_error"]
 
@@ -71,8 +72,6 @@ Handler = Callable[[Request], "Response | Awaitable[Response]"]
 def json_error(status: int, message: str, **headers: str) -> Response:
     """``{"error": message}``: the Open Inference Protocol's error body, used for every route
     that has no error format of its own."""
-    import orjson
-
     return Response(
         status,
         orjson.dumps({"error": message}),

@@ -16,11 +16,10 @@ shape, ``{"error_code": "BAD_REQUEST", "message": ...}``.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
 from tandem.errors import UsageError
@@ -38,6 +37,8 @@ class ProtocolError(UsageError):
 
 class UnsupportedMediaTypeError(UsageError):
     """A content type other than JSON or CSV (HTTP 415)."""
+
+    status = 415
 
 
 @dataclass(frozen=True)
@@ -152,26 +153,26 @@ def _csv(body: bytes, names: Sequence[str], text_columns: Sequence[str]) -> Any:
         ) from None
 
 
-def render_predictions(outputs: Mapping[str, np.ndarray]) -> bytes:
-    names = list(outputs)
-    records = [
-        dict(zip(names, values, strict=True))
-        for values in zip(*(outputs[n].tolist() for n in names), strict=True)
-    ]
+def render_predictions(records: list[dict[str, Any]]) -> bytes:
+    """``{"predictions": [...]}``, one record per row (the Predictor's post-processing of a
+    list of rows)."""
     return orjson.dumps({"predictions": records})
 
 
+_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    413: "REQUEST_LIMIT_EXCEEDED",
+    415: "BAD_REQUEST",
+    429: "REQUEST_LIMIT_EXCEEDED",
+    503: "TEMPORARILY_UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
 def error(status: int, message: str, **headers: str) -> Response:
-    code = {
-        400: "BAD_REQUEST",
-        401: "UNAUTHENTICATED",
-        404: "RESOURCE_DOES_NOT_EXIST",
-        413: "REQUEST_LIMIT_EXCEEDED",
-        415: "BAD_REQUEST",
-        429: "REQUEST_LIMIT_EXCEEDED",
-        503: "TEMPORARILY_UNAVAILABLE",
-        504: "DEADLINE_EXCEEDED",
-    }.get(status, "INTERNAL_ERROR")
+    code = _ERROR_CODES.get(status, "INTERNAL_ERROR")
     return Response(
         status,
         orjson.dumps({"error_code": code, "message": message}),
