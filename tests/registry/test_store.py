@@ -487,3 +487,24 @@ def test_the_change_token_moves_with_every_write_and_only_then(registry: Registr
     assert moved != token
     registry.set_alias("m", 2, "champion")
     assert registry.change_token() != moved
+
+
+def test_a_schema_1_registry_is_migrated_and_keeps_numbering(home: Path) -> None:
+    import sqlite3
+
+    settings = Settings(home=home)
+    with Registry(settings) as reg:
+        reg.register("m", writer())
+        reg.register("m", writer())
+    # the layout tandem wrote before models.last_version existed
+    db = sqlite3.connect(home / "registry.db")
+    db.execute("ALTER TABLE models DROP COLUMN last_version")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with Registry(settings) as reg:
+        assert reg.register("m", writer()).version == 3
+        assert sorted(v.version for v in reg.list_versions("m")) == [1, 2, 3]
+    db = sqlite3.connect(home / "registry.db")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    db.close()

@@ -34,7 +34,7 @@ from tandem.registry.refs import LATEST, ModelRef, parse_ref, validate_alias, va
 __all__ = ["SCHEMA_VERSION", "ModelSummary", "ModelVersion", "Registry", "VersionRecord"]
 
 #: version of the table layout, stored in the ``meta`` table for later migrations
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _ATTEMPTS = 5
 _WRITE = "tandem_write"  # execution option: the transaction will write
@@ -430,6 +430,10 @@ class Registry:
                 if found is None:
                     found = SCHEMA_VERSION
                     conn.execute(insert(_meta).values(key="schema_version", value=str(found)))
+        if found == 1:
+            with self._tx(write=True) as conn:
+                _migrate_1_to_2(conn)
+            found = 2
         if found > SCHEMA_VERSION:
             raise RegistryError(
                 f"registry database {self._where} has schema version {found}, newer than this "
@@ -524,6 +528,27 @@ def _next_version(conn: Connection, name: str) -> int:
         last = 0
     conn.execute(sa.update(_models).where(*_at(_models, name)).values(last_version=last + 1))
     return int(last) + 1
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Version 2 added ``models.last_version``: the highest number ever given, taken from the
+    versions still registered (a number deleted before the upgrade cannot be known)."""
+    if _schema_version(conn) != 1:  # another process migrated meanwhile
+        return
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("models")}
+    if "last_version" not in columns:
+        conn.execute(
+            sa.text("ALTER TABLE models ADD COLUMN last_version INTEGER NOT NULL DEFAULT 0")
+        )
+        newest = (
+            select(func.coalesce(func.max(_versions.c.version), 0))
+            .where(_versions.c.name == _models.c.name)
+            .scalar_subquery()
+        )
+        conn.execute(sa.update(_models).values(last_version=newest))
+    conn.execute(
+        sa.update(_meta).where(_meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
+    )
 
 
 def _schema_version(conn: Connection) -> int | None:
