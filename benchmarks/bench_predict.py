@@ -117,8 +117,7 @@ class Model:
         self.names = [c.name for c in self.predictor.manifest.inputs]
         self.pipeline = result.pipeline
         self.family = result.pipeline.family
-        self._coerce = coerce_column
-        self.describe = self.family.describe()
+        self._coerce = coerce_column  # bound once: features() runs inside timed calls
 
     def feed(self, columns: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         """The first ``n`` rows in the graph's input layout, built once, outside any timing.
@@ -163,20 +162,8 @@ class Model:
         return run
 
     def native_with_prep(self, columns: dict[str, np.ndarray]) -> Any:
-        if self.kind == "gbdt":
-            booster, best = self.family.booster_, self.family.best_iteration_
-            return lambda: booster.predict(
-                self.features(columns), num_iteration=best, num_threads=self.threads
-            )
-        import torch
-
-        module = self.family.scored_
-
-        def run() -> Any:
-            with torch.no_grad():
-                return module(torch.from_numpy(self.features(columns)))
-
-        return run
+        """tandem's numpy preprocessing, then the framework, both inside the timing."""
+        return lambda: self.native(self.features(columns))()
 
 
 def parity(model: Model, columns: dict[str, np.ndarray]) -> dict[str, float]:
@@ -440,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def print_columns(records: list[dict[str, Any]], columns: list[tuple[str, Any]]) -> None:
+    """One text table: a row per record, a (header, cell function) per column."""
+    print(text_table([h for h, _ in columns], [[cell(r) for _, cell in columns] for r in records]))
+
+
 def report(results: dict[str, Any], profiles: dict[str, str]) -> None:
     us = 1e6
     print(
@@ -451,92 +443,33 @@ def report(results: dict[str, Any], profiles: dict[str, str]) -> None:
         "native = framework on already-preprocessed features; "
         "native+prep = tandem's numpy preprocessing + framework\n"
     )
-    rows = []
-    for r in results["batches"]:
-        s, rps = r["seconds_per_call"], r["rows_per_s"]
-        rows.append(
-            [
-                r["model"],
-                r["threads"],
-                r["batch"],
-                rate(rps["tandem"]),
-                rate(rps["matrix"]),
-                rate(rps["bare"]),
-                rate(rps["native"]),
-                rate(rps["native_prep"]),
-                f"{r['tandem_over_bare']:.2f}",
-                f"{r['matrix_over_bare']:.2f}",
-                f"{r['tandem_over_native']:.2f}",
-                f"{s['tandem'] * us:.1f}",
-                f"{s['bare'] * us:.1f}",
-                f"{(s['tandem'] - s['bare']) * us:+.1f}",
-            ]
-        )
-    headers = [
-        "model",
-        "thr",
-        "batch",
-        "tandem",
-        "matrix",
-        "bare ORT",
-        "native",
-        "native+prep",
-        "t/bare",
-        "m/bare",
-        "t/native",
-        "tandem µs",
-        "bare µs",
-        "overhead µs",
-    ]
-    print(text_table(headers, rows))
+    per_s = lambda path: lambda r: rate(r["rows_per_s"][path])  # noqa: E731
+    per_call = lambda path, key="seconds_per_call": lambda r: f"{r[key][path] * us:.1f}"  # noqa: E731
+    ratio = lambda key: lambda r: f"{r[key]:.2f}"  # noqa: E731
+    first = [("model", lambda r: r["model"]), ("thr", lambda r: r["threads"])]
+    batch = [*first, ("batch", lambda r: r["batch"])]
+    print_columns(results["batches"], [
+        *batch, ("tandem", per_s("tandem")), ("matrix", per_s("matrix")),
+        ("bare ORT", per_s("bare")), ("native", per_s("native")),
+        ("native+prep", per_s("native_prep")), ("t/bare", ratio("tandem_over_bare")),
+        ("m/bare", ratio("matrix_over_bare")), ("t/native", ratio("tandem_over_native")),
+        ("tandem µs", per_call("tandem")), ("bare µs", per_call("bare")),
+        ("overhead µs", lambda r: f"{(r['seconds_per_call']['tandem'] - r['seconds_per_call']['bare']) * us:+.1f}"),
+    ])  # fmt: skip
 
     print("\nRow API: Predictor.predict(list of dicts) vs the bare session on a pre-built feed\n")
-    rows = []
-    for r in results["row_api"]:
-        s, rps = r["seconds_per_call"], r["rows_per_s"]
-        rows.append(
-            [
-                r["model"],
-                r["threads"],
-                r["batch"],
-                rate(rps["row_api"]),
-                rate(rps["bare"]),
-                f"{r['row_api_over_bare']:.2f}",
-                f"{s['row_api'] * us:.1f}",
-                f"{s['bare'] * us:.1f}",
-            ]
-        )
-    print(
-        text_table(
-            ["model", "thr", "batch", "row API", "bare ORT", "row/bare", "row µs", "bare µs"], rows
-        )
-    )
+    print_columns(results["row_api"], [
+        *batch, ("row API", per_s("row_api")), ("bare ORT", per_s("bare")),
+        ("row/bare", ratio("row_api_over_bare")), ("row µs", per_call("row_api")),
+        ("bare µs", per_call("bare")),
+    ])  # fmt: skip
 
     print("\nPredictor steps at batch 1, µs per call (each step timed alone on its own input)\n")
-    rows = []
-    for r in results["steps_batch1"]:
-        s = r["seconds"]
-        rows.append(
-            [
-                r["model"],
-                r["threads"],
-                *(
-                    f"{s[k] * us:.1f}"
-                    for k in (
-                        "preprocess",
-                        "encode",
-                        "forward",
-                        "decode",
-                        "predict_columns",
-                        "bare_run",
-                    )
-                ),
-            ]
-        )
-    print(
-        text_table(
-            ["model", "thr", "preprocess", "encode", "forward", "decode", "all", "bare run"], rows
-        )
+    steps = ("preprocess", "encode", "forward", "decode", "predict_columns", "bare_run")
+    shown = ("preprocess", "encode", "forward", "decode", "all", "bare run")
+    print_columns(
+        results["steps_batch1"],
+        [*first, *((h, per_call(k, "seconds")) for h, k in zip(shown, steps, strict=True))],
     )
 
     print("\nGoals: overhead at batch 1 ≤ 20% over bare ORT; rows/s at 4096 ≥ 90% of bare ORT\n")

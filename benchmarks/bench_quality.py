@@ -73,6 +73,7 @@ def datasets() -> dict[str, Callable[[], pa.Table]]:
 
 def run_one(table: pa.Table, name: str, model: str, seed: int) -> dict[str, Any]:
     import tandem
+    from tandem.training.metrics import PRIMARY
 
     with temp_registry() as registry:
         started = time.perf_counter()
@@ -93,7 +94,7 @@ def run_one(table: pa.Table, name: str, model: str, seed: int) -> dict[str, Any]
                 "leaderboard": [],
             }
         seconds = time.perf_counter() - started
-    primary = "accuracy" if result.task == "classification" else "r2"
+    primary = PRIMARY[result.task]
     return {
         "model": model,
         "seed": seed,
@@ -317,6 +318,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tandem.models.auto import CV_MAX_ROWS
+
     args = parse_args(argv)
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     loaders = datasets()
@@ -339,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\n### auto vs. single families (test split; median over {n} seed(s): {seeds})\n\n"
         "Scores: accuracy for classification, R² for diabetes. Δ = auto − best single family "
         "(median of per-seed Δ); best single = the best family on test in each seed (median over "
-        "seeds; families in seed order). auto picks by cross-validation (validation split on data over 5,000 rows). `auto ≥ best` counts seeds "
+        "seeds; families in seed order). auto picks by cross-validation (validation split on "
+        f"data over {CV_MAX_ROWS:,} rows). `auto ≥ best` counts seeds "
         "where auto matched or beat the best single family. Seconds: auto's wall time / the three "
         "single-family runs together (median), wall-clock on the machine at hand (LightGBM and torch "
         "use every core, so on a shared machine these vary run to run). Single families were "
