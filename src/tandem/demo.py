@@ -24,7 +24,7 @@ import numpy as np
 
 from tandem.data.demo import rainfall
 from tandem.inference import load
-from tandem.ledger.meter import Meter, Profile
+from tandem.ledger.meter import Meter, Profile, process_cpu_seconds
 from tandem.registry import Registry
 from tandem.training.train import ProgressEvent, TrainResult, train
 
@@ -228,9 +228,9 @@ def _realtime(
         n = min(REALTIME_REQUESTS, features.num_rows)
         rows = features.slice(0, n).to_pylist()
         bodies = [orjson.dumps({"dataframe_records": [row]}) for row in rows]
-        cpu_before = _cpu_seconds(proc.pid)
+        cpu_before = process_cpu_seconds(proc.pid)
         load = closed_loop("127.0.0.1", port, "/invocations", bodies, concurrency=REALTIME_CLIENTS)
-        cpu_after = _cpu_seconds(proc.pid)
+        cpu_after = process_cpu_seconds(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -274,12 +274,3 @@ def _port_when_ready(proc: subprocess.Popen[str], timeout: float = 60) -> int:
             threading.Thread(target=proc.stderr.read, daemon=True).start()
             return int(found.group(1))
     raise RuntimeError("tandem serve did not become ready: " + "".join(seen[-5:]).strip())
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None

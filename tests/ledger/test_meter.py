@@ -25,3 +25,25 @@ def test_meter_counts_finished_children() -> None:
     with Meter() as m:
         subprocess.run([sys.executable, "-c", burn], check=True)
     assert m.profile.cpu_seconds >= 0.39
+
+
+def test_process_clock_and_cpu_from_proc() -> None:
+    import os
+    import sys
+    import time
+
+    import pytest
+
+    from tandem.ledger.meter import process_cpu_seconds, process_started
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    started = process_started()
+    assert started is not None and 0 < time.monotonic() - started < 3600
+    before = process_cpu_seconds(os.getpid())
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    after = process_cpu_seconds(os.getpid())
+    assert before is not None and after is not None and after >= before + 0.03
+    assert process_cpu_seconds(2**22 + 12345) is None  # no such process

@@ -5,6 +5,7 @@ Later meters (energy, GPU) add fields; every figure says where it came from.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -75,3 +76,29 @@ class Meter:
     def read(self) -> Profile:
         """The figures so far (the meter keeps running)."""
         return Profile(time.perf_counter() - self._wall, _cpu() - self._cpu, _peak_mb())
+
+
+def _proc_stat(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` that follow the command name (Linux), else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process and all its threads so far (Linux), else None."""
+    fields = _proc_stat(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_started() -> float | None:
+    """When this process started, on the ``time.monotonic()`` clock (Linux), else None."""
+    fields = _proc_stat("self")
+    if fields is None or not hasattr(time, "CLOCK_BOOTTIME"):
+        return None
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return time.monotonic() - max(0.0, age)

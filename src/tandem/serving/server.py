@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tandem.errors import ConfigError, UsageError
+from tandem.ledger.meter import process_started
 from tandem.registry import ModelVersion, Registry
 from tandem.registry.refs import parse_ref
 from tandem.serving.app import App
@@ -97,7 +98,7 @@ class Server:
         self.http = HttpServer(self.app, max_body=options.max_body)
         self.ready = asyncio.Event()
         self.port = 0
-        self.started = _process_start()
+        self.started = process_started() or time.monotonic()
         self.ready_after_s: float | None = None
         self.loading: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -198,18 +199,3 @@ async def _main(
             await stopping
     finally:
         await server.stop()
-
-
-def _process_start() -> float:
-    """When this process started, on the ``time.monotonic()`` clock (Linux; else now)."""
-    try:
-        import os
-
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        ticks = int(fields[19])  # field 22, starttime, after the ")" of the command name
-        boot_s = time.clock_gettime(time.CLOCK_BOOTTIME)
-        age = boot_s - ticks / os.sysconf("SC_CLK_TCK")
-        return time.monotonic() - max(0.0, age)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return time.monotonic()
