@@ -6,7 +6,6 @@ file formats, and every failure becomes a :class:`~tandem.errors.DataError` nami
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,6 +13,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from tandem.data.schema import duplicated_names
 from tandem.errors import DataError
 
 __all__ = ["FORMATS", "check_unique_columns", "detect_format", "list_parts", "read_table"]
@@ -73,7 +73,7 @@ def _read_one(path: Path) -> pa.Table:
 
 def check_unique_columns(names: list[str], where: str) -> None:
     """DataError naming any column that appears more than once."""
-    twice = sorted(n for n, count in Counter(names).items() if count > 1)
+    twice = duplicated_names(names)
     if twice:
         raise DataError(
             f"{where} has more than one column named {twice}: rename them so each name is unique"

@@ -9,7 +9,8 @@ what makes training-side and Bundle predictions agree.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -232,6 +233,12 @@ def _number(name: str, row: int, value: Any) -> float:
         f"column '{name}' must hold numbers; row {row} has {value!r} ({type(value).__name__}): "
         "send a number, or null for a missing value"
     )
+
+
+def duplicated_names(names: Iterable[Any]) -> list[str]:
+    """The names (as strings) that appear more than once, sorted."""
+    counts = Counter(str(n) for n in names)
+    return sorted(n for n, count in counts.items() if count > 1)
 
 
 def coerce_column(spec: ColumnSpec, values: Any) -> np.ndarray:

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from tandem.bundle import Bundle, Manifest
 from tandem.bundle.manifest import graph_feed, split_kinds
-from tandem.data.schema import coerce_column
+from tandem.data.schema import coerce_column, duplicated_names
 from tandem.errors import SchemaError
 from tandem.inference.runtime import make_session
 
@@ -208,8 +208,7 @@ def _pick(names: list[str], get: Callable[[str], Any], have: Iterable[str]) -> C
 
 
 def _refuse_duplicates(names: list[str], have: Iterable[Any]) -> None:
-    present = [str(h) for h in have]
-    twice = sorted({n for n in names if present.count(n) > 1})
+    twice = [n for n in duplicated_names(have) if n in names]
     if twice:
         raise SchemaError(f"more than one column is named {twice}: keep one of each")
 
