@@ -2,18 +2,17 @@
 stay within their deadline, goodput ≥ 90% of capacity, memory bounded — tested with a real
 load generator on 127.0.0.1, bounded in time."
 
-Status: every clause is asserted except goodput, which issue 3 still has open (0.83-0.97 of
-capacity across runs); a run below 0.9 is reported as an expected failure with its figures.
-
 How: ``tandem serve`` runs as a real process pinned to one CPU, serving an MLP made heavy on
 purpose (1024 units a layer, 200 rows a request: the model, not HTTP, bounds capacity, and a
 Python load generator can offer twice it with room to spare). The load generator
 (``loadgen.py``, a subprocess on another CPU) first measures capacity: closed-loop goodput
 with 16 connections (3,200 rows outstanding, so every batch is full), after a warm-up run at
 8 (not the best of several runs: the maximum of noisy samples overstates capacity and so
-understates the goodput ratio). Then it offers twice that
-open-loop for a few seconds, each request with ``timeout_ms`` in its body, while the test
-probes a 429 of its own.
+understates the goodput ratio). Then it offers twice that open-loop for a few seconds, each
+request with ``timeout_ms`` in its body, while the test probes a 429 of its own; then it
+measures capacity once more. Capacity is the mean of the runs before and after: this
+machine's speed drifts by several per cent over seconds, and the overload run is judged
+against the capacity of the same stretch of time.
 
 Noise: the machine may be shared. Around each phase the test reads how much of the server's
 CPU went to other processes (``/proc/stat`` less the server's own ``/proc/PID/stat`` time); a
@@ -217,6 +216,7 @@ def post(port: int, body: bytes) -> tuple[int, dict[str, str], bytes]:
 class Round:
     closed: list[dict[str, Any]]
     overload: dict[str, Any]
+    after: dict[str, Any]  # capacity once more, after the overload
     capacity_interference: float
     overload_interference: float
     refused: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
@@ -224,12 +224,17 @@ class Round:
 
     @property
     def capacity(self) -> float:
-        """Requests per second: the best closed-loop goodput."""
-        return float(self.closed[-1]["goodput"])
+        """Requests per second: closed-loop goodput, the mean of before and after."""
+        return (float(self.closed[-1]["goodput"]) + float(self.after["goodput"])) / 2
+
+    @property
+    def drift(self) -> float:
+        return abs(float(self.after["goodput"]) - float(self.closed[-1]["goodput"])) / self.capacity
 
     @property
     def rate(self) -> float:
-        return 2 * self.capacity
+        """The rate offered: twice the capacity measured before."""
+        return 2 * float(self.closed[-1]["goodput"])
 
     @property
     def disturbed(self) -> str | None:
@@ -247,7 +252,11 @@ class Round:
         return json.dumps(
             {
                 "capacity": self.capacity,
-                "closed": [{k: c[k] for k in ("connections", *keep)} for c in self.closed],
+                "goodput_ratio": round(self.overload["goodput"] / self.capacity, 3),
+                "capacity_drift": round(self.drift, 3),
+                "closed": [
+                    {k: c[k] for k in ("connections", *keep)} for c in (*self.closed, self.after)
+                ],
                 "overload": {k: self.overload[k] for k in keep},
                 "interference": [self.capacity_interference, self.overload_interference],
                 "rss_mb": self.rss_mb,
@@ -285,7 +294,13 @@ def run_round(served: Served, body: Path, load_cpu: int | None) -> Round:
         overload = loadgen(served.url, body, load_cpu, "--rate", f"{rate:.1f}",
                            "--connections", str(connections), duration=OVERLOAD_S)  # fmt: skip
         prober.join(30)
-    return Round(closed, overload, before.share, during.share, refused, vmrss_mb(pid))
+    with Interference(served.cpu, pid) as after:
+        again = loadgen(*target, "--closed", "--connections", str(CAPACITY_CONNECTIONS[-1]),
+                        duration=CAPACITY_S)  # fmt: skip
+    return Round(
+        closed, overload, again, max(before.share, after.share), during.share, refused,
+        vmrss_mb(pid),
+    )  # fmt: skip
 
 
 def test_under_twice_the_capacity_no_5xx_deadlines_kept_goodput_held_memory_bounded(
@@ -315,7 +330,7 @@ def test_under_twice_the_capacity_no_5xx_deadlines_kept_goodput_held_memory_boun
             rounds.append(r)
             # what holds whatever the noise: no error but 504 (a deadline that CPU stolen by
             # others made unreachable), every 429 says when to retry, memory stays bounded
-            for phase in (*r.closed, r.overload):
+            for phase in (*r.closed, r.overload, r.after):
                 assert set(phase["status"]) <= {"200", "429", "504"}, r.summary()
                 assert phase["errors"] == phase["unfinished"] == 0, r.summary()
                 assert phase["client_dropped"] == 0, r.summary()
@@ -341,31 +356,23 @@ def test_under_twice_the_capacity_no_5xx_deadlines_kept_goodput_held_memory_boun
         )
     r = clean[0]
     overload = r.overload
-    statuses = [set(c["status"]) for c in r.closed] + [set(overload["status"])]
+    statuses = [set(c["status"]) for c in (*r.closed, r.after)] + [set(overload["status"])]
     ok = overload["latency_ms"].get("200", {"p99": math.inf, "max": math.inf})
     refusals = overload["latency_ms"].get("429", {"p99": math.inf})
     limit = {"p99": DEADLINE_MS + SLACK_P99_MS, "max": DEADLINE_MS + SLACK_MAX_MS}
     clauses = {
         # no 5xx: a request either runs within its deadline or is refused at once
         "no 5xx": all(codes <= {"200", "429"} for codes in statuses),
-        # twice the capacity was offered, and the excess refused
-        "2x offered, 429s refused": overload["send_rate"] >= 1.9 * r.capacity
+        # twice the capacity (as measured before) was offered, and the excess refused
+        "2x offered, 429s refused": overload["send_rate"] >= 0.95 * r.rate
         and "429" in overload["status"],
         # accepted requests are answered within their deadline
         f"200s within the deadline (p99 <= {limit['p99']:.0f} ms, max <= {limit['max']:.0f} ms)":
             ok["p99"] <= limit["p99"] and ok["max"] <= limit["max"],
         # refusals are immediate, not queued
         "429s at once (p99 <= 100 ms)": refusals["p99"] <= 100,
+        # refusing costs the server little: goodput holds at capacity
+        "goodput >= 0.9 x capacity": overload["goodput"] >= 0.9 * r.capacity,
     }  # fmt: skip
     broken = [clause for clause, held in clauses.items() if not held]
     assert not broken, f"under 2x overload, broken: {broken}; measured: {r.summary()}"
-    # refusing costs the server little: goodput holds at capacity. Not yet reliable: measured
-    # 0.83-0.97 of closed-loop capacity across runs (below 0.9 in about half the full-suite
-    # runs), so issue 3 stays open on this clause; the test reports it as an expected failure,
-    # with the figures, rather than turning the suite red or hiding it
-    ratio = overload["goodput"] / r.capacity
-    if ratio < 0.9:
-        pytest.xfail(
-            f"issue 3, open: goodput {overload['goodput']} is {ratio:.2f} of capacity "
-            f"{r.capacity} req/s under 2x overload, below the 0.9 required; {r.summary()}"
-        )
