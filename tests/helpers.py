@@ -36,6 +36,13 @@ def mixed_table(
     )
 
 
+def numeric_table(n: int = 800, *, k: int = 6, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, k))
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(np.int64)
+    return pa.table({**{f"f{i}": X[:, i] for i in range(k)}, "y": y})
+
+
 def cli_env(home: Path) -> dict[str, str]:
     """Environment for running the `tandem` CLI as a real subprocess."""
     env = dict(os.environ)

@@ -33,6 +33,7 @@ def test_inference_imports_no_training_library() -> None:
     loaded = f"print(','.join(sorted(m for m in {heavy} if m in sys.modules)))"
     assert _python(f"import sys, tandem.inference, tandem\ntandem.load\n{loaded}") == ""
     serving = "tandem.serving, tandem.serving.app, tandem.serving.asgi, tandem.serving.mlflow"
+    serving += ", tandem.batch"
     assert _python(f"import sys, {serving}\n{loaded}") == ""
     # the CLI too: `tandem predict` and `tandem models` start without the training stack
     assert _python(f"import sys, tandem.cli\n{loaded}") == ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -349,6 +350,108 @@ def predict(
         for row in predictions.slice(0, shown).to_pylist():
             table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
         out.print(table)
+
+
+@app.command()
+def batch(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+    input: Annotated[
+        list[Path],
+        typer.Option("--input", help="CSV, Parquet or JSONL file or folder (repeat for more)."),
+    ],
+    output: Annotated[Path, typer.Option(help="The file to write the predictions to.")],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="parquet, csv or jsonl (default: the output's suffix, else parquet)."
+        ),
+    ] = None,
+    keep: Annotated[
+        list[str] | None,
+        typer.Option(help="Input column to copy beside the predictions, e.g. an id (repeatable)."),
+    ] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray (Ray Data).")] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to run on (default: a local Ray instance).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Finish the unfinished job for this output.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    on_error: Annotated[
+        str,
+        typer.Option(
+            help="A row that cannot be scored: fail (stop), skip (leave out) or null "
+            "(empty predictions); skip and null list such rows in a rejects file."
+        ),
+    ] = "fail",
+    chunk_rows: Annotated[int, typer.Option(help="Rows per chunk.")] = 65_536,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads (default: every core).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score files of rows with a registered model: streamed, resumable, any size."""
+    from tandem.batch import BatchOptions, run_batch
+
+    options = BatchOptions(
+        inputs=input, output=output, format=format, keep=keep or [], on_error=on_error,
+        resume=resume, overwrite=overwrite, chunk_rows=chunk_rows, threads=threads,
+        engine=engine, ray_address=ray_address,
+    )  # fmt: skip
+    with _batch_progress(not as_json) as update:
+        result = run_batch(ref, options, on_progress=update)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    if result.complete_before:
+        out.print(f"'{result.output}' is complete: nothing to resume", highlight=False)
+        return
+    table = Table(title=f"{result.model} → {result.output}")
+    for col in ("rows", "seconds", "rows/s", "CPU seconds", "peak memory", "rejected"):
+        table.add_column(col, justify="right")
+    p = result.profile
+    table.add_row(
+        f"{result.rows_in:,}", f"{p.wall_seconds:.2f}", f"{result.rows_per_second:,.0f}",
+        f"{p.cpu_seconds:.2f}", f"{p.peak_rss_mb:,.0f} MB", f"{result.rejected:,}",
+    )  # fmt: skip
+    out.print(table)
+    notes = [f"wrote {result.rows_out:,} rows to {result.output}"]
+    if result.resumed_chunks:
+        notes.append(f"resumed after {result.resumed_chunks} finished chunk(s)")
+    if result.rejects is not None:
+        notes.append(f"{result.rejected:,} rejected row(s) listed in {result.rejects}")
+    out.print("; ".join(notes), highlight=False)
+
+
+@contextmanager
+def _batch_progress(enabled: bool) -> Iterator[Any]:
+    """A bar over the input read, with rows, rows/s and the time left."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import TimeRemainingColumn
+
+    with Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[rows]:,} rows"),
+        TextColumn("{task.fields[rate]:,.0f} rows/s"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("scoring", total=1.0, rows=0, rate=0.0)
+        started = time.perf_counter()
+
+        def update(event: Any) -> None:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=event.done, rows=event.rows, rate=event.new / elapsed)
+
+        yield update
 
 
 @app.command()

@@ -91,6 +91,7 @@ def test_public_names() -> None:
         "ModelSummary",
         "ModelVersion",
         "Registry",
+        "Run",
         "VersionRecord",
         "parse_ref",
         "validate_name",
@@ -496,15 +497,39 @@ def test_a_schema_1_registry_is_migrated_and_keeps_numbering(home: Path) -> None
     with Registry(settings) as reg:
         reg.register("m", writer())
         reg.register("m", writer())
-    # the layout tandem wrote before models.last_version existed
+    # the layout tandem wrote before models.last_version and the runs table existed
     db = sqlite3.connect(home / "registry.db")
     db.execute("ALTER TABLE models DROP COLUMN last_version")
+    db.execute("DROP TABLE runs")
     db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     db.commit()
     db.close()
     with Registry(settings) as reg:
         assert reg.register("m", writer()).version == 3
         assert sorted(v.version for v in reg.list_versions("m")) == [1, 2, 3]
+        # and the table of schema 3 is there to record jobs in
+        reg.record_run("m", 3, "batch", wall_seconds=1.0, cpu_seconds=0.5, peak_rss_mb=100.0,
+                       rows=10)  # fmt: skip
+        assert [r.rows for r in reg.runs("m")] == [10]
     db = sqlite3.connect(home / "registry.db")
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
     db.close()
+
+
+def test_runs_are_recorded_against_their_version_and_go_with_it(home: Path) -> None:
+    with Registry(Settings(home=home)) as reg:
+        reg.register("m", writer())
+        reg.register("m", writer())
+        first = reg.record_run("m", 1, "batch", wall_seconds=2.0, cpu_seconds=3.0,
+                               peak_rss_mb=200.0, rows=1000, details={"output": "a.parquet"})  # fmt: skip
+        reg.record_run("m", 2, "batch", wall_seconds=1.0, cpu_seconds=1.0, peak_rss_mb=1.0, rows=5)
+        assert [(r.version, r.rows) for r in reg.runs("m")] == [(1, 1000), (2, 5)]
+        (again,) = reg.runs("m", 1, phase="batch")
+        assert again == first and again.details == {"output": "a.parquet"}
+        assert reg.runs("m", phase="serve") == []
+        with pytest.raises(NotFoundError):
+            reg.record_run("m", 7, "batch", wall_seconds=1, cpu_seconds=1, peak_rss_mb=1, rows=1)
+        reg.delete_version("m", 1)
+        assert [r.version for r in reg.runs("m")] == [2]

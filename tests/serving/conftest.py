@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,46 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
-import tandem
 from tandem import Registry, Settings
 from tandem.serving import ServeOptions, Server
-from tests.helpers import mixed_table
-
-
-def numeric_table(n: int = 800, *, k: int = 6, seed: int = 0) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, k))
-    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(np.int64)
-    return pa.table({**{f"f{i}": X[:, i] for i in range(k)}, "y": y})
-
-
-@pytest.fixture(scope="session")
-def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry with ``mixed`` (gbdt, every column kind) and ``num`` (an all-numeric MLP,
-    versions 1 and 2, alias ``champion`` on 1), trained once per session."""
-    home = tmp_path_factory.mktemp("serving-home")
-    with Registry(Settings(home=home)) as reg:
-        tandem.train(mixed_table(400), target="target", name="mixed", model="gbdt",
-                     params={"max_rounds": 40}, registry=reg)  # fmt: skip
-        for seed in (0, 1):
-            tandem.train(numeric_table(seed=seed), target="y", name="num", model="mlp",
-                         params={"hidden": 32}, time_budget=5, seed=seed, registry=reg)  # fmt: skip
-        reg.set_alias("num", 1, "champion")
-    return home
-
-
-@pytest.fixture
-def serving_home(trained_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the trained registry (tests move aliases and add versions)."""
-    home = tmp_path / "home"
-    shutil.copytree(trained_home, home)
-    monkeypatch.setenv("TANDEM_HOME", str(home))
-    monkeypatch.delenv("TANDEM_REGISTRY", raising=False)
-    return home
 
 
 @dataclass
@@ -101,6 +64,6 @@ def running_server(refs: list[str], home: Path, **options: Any) -> Iterator[Runn
 
 
 @pytest.fixture
-def mixed_server(serving_home: Path) -> Iterator[Running]:
-    with running_server(["mixed"], serving_home) as running:
+def mixed_server(models_home: Path) -> Iterator[Running]:
+    with running_server(["mixed"], models_home) as running:
         yield running

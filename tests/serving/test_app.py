@@ -31,9 +31,9 @@ def request(
     return http_call(server.port, method, path, body, headers)
 
 
-def test_an_api_key_guards_everything_but_the_probes(serving_home: Path) -> None:
+def test_an_api_key_guards_everything_but_the_probes(models_home: Path) -> None:
     key = "s3cret-key"
-    with running_server(["mixed"], serving_home, api_key=key) as server:
+    with running_server(["mixed"], models_home, api_key=key) as server:
         body = json.dumps({"dataframe_records": ROWS}).encode()
         json_type = {"content-type": "application/json"}
         for path in ("/v2/health/live", "/v2/health/ready", "/ping"):
@@ -56,8 +56,8 @@ def test_an_api_key_guards_everything_but_the_probes(serving_home: Path) -> None
             assert request(server, "POST", "/invocations", body, {**json_type, **headers})[0] == 200
 
 
-def test_a_body_over_the_limit_gets_413_before_it_is_read(serving_home: Path) -> None:
-    with running_server(["mixed"], serving_home, max_body=1000) as server:
+def test_a_body_over_the_limit_gets_413_before_it_is_read(models_home: Path) -> None:
+    with running_server(["mixed"], models_home, max_body=1000) as server:
         big = json.dumps({"dataframe_records": ROWS * 20}).encode()
         status, data, _ = request(
             server, "POST", "/invocations", big, {"content-type": "application/json"}
@@ -152,9 +152,9 @@ def test_malformed_http_gets_400_and_the_server_stays_up(mixed_server: Running) 
     assert request(mixed_server, "GET", "/v2/health/live")[0] == 200
 
 
-def test_the_asgi_adapter_serves_the_same_app_under_uvicorn(serving_home: Path) -> None:
+def test_the_asgi_adapter_serves_the_same_app_under_uvicorn(models_home: Path) -> None:
     port = free_port()
-    env = {**cli_env(serving_home), "TANDEM_SERVE_MODELS": "mixed"}
+    env = {**cli_env(models_home), "TANDEM_SERVE_MODELS": "mixed"}
     command = [sys.executable, "-m", "uvicorn", "--factory", "tandem.serving.asgi:create_app",
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -208,7 +208,7 @@ def wait_until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 
 
 
 @pytest.mark.parametrize("refs", [["mixed", "mixed@champion"], []])
-def test_serving_a_model_twice_or_none_is_refused(serving_home: Path, refs: list[str]) -> None:
+def test_serving_a_model_twice_or_none_is_refused(models_home: Path, refs: list[str]) -> None:
     from tandem.errors import UsageError
     from tandem.serving import Server
 
@@ -235,10 +235,10 @@ def test_an_endless_request_head_gets_431_and_is_cut_off(mixed_server: Running) 
     assert request(mixed_server, "GET", "/v2/health/live")[0] == 200
 
 
-def test_requests_no_wait_could_admit_are_told_so_not_429(serving_home: Path) -> None:
+def test_requests_no_wait_could_admit_are_told_so_not_429(models_home: Path) -> None:
     from tandem.serving import BatcherConfig
 
-    with running_server(["num"], serving_home, batching=BatcherConfig(max_queue_rows=10)) as server:
+    with running_server(["num"], models_home, batching=BatcherConfig(max_queue_rows=10)) as server:
         rows = [[0.0] * 6] * 11
         status, answer, headers = post(server, "/invocations", {"instances": rows})
         assert status == 413 and "queues at most 10" in answer["message"]

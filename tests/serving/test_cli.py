@@ -27,9 +27,9 @@ def stop(proc: subprocess.Popen[str], *, signal_it: bool = True) -> tuple[int, s
 
 
 @pytest.mark.slow
-def test_serve_starts_on_localhost_answers_and_stops_cleanly_on_sigterm(serving_home: Path) -> None:
+def test_serve_starts_on_localhost_answers_and_stops_cleanly_on_sigterm(models_home: Path) -> None:
     port = free_port()
-    proc = start(serving_home, "mixed", "num@champion", "--port", str(port))
+    proc = start(models_home, "mixed", "num@champion", "--port", str(port))
     try:
         assert wait_until_ready(port, proc), proc.stderr.read() if proc.stderr else ""
         status, data, _ = http_call(port, "GET", "/v2/models/num")
@@ -58,34 +58,32 @@ def test_serve_starts_on_localhost_answers_and_stops_cleanly_on_sigterm(serving_
         ),
     ],
 )
-def test_bad_usage_exits_2_with_a_message(
-    serving_home: Path, args: list[str], message: str
-) -> None:
-    proc = start(serving_home, *args)
+def test_bad_usage_exits_2_with_a_message(models_home: Path, args: list[str], message: str) -> None:
+    proc = start(models_home, *args)
     code, err = stop(proc, signal_it=False)
     assert code == 2
     assert message in " ".join(err.split())
     assert "Traceback" not in err
 
 
-def test_a_port_in_use_is_a_usage_error(serving_home: Path) -> None:
+def test_a_port_in_use_is_a_usage_error(models_home: Path) -> None:
     import socket
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        proc = start(serving_home, "mixed", "--port", str(port))
+        proc = start(models_home, "mixed", "--port", str(port))
         code, err = stop(proc, signal_it=False)
     assert code == 2
     assert "choose another --port" in " ".join(err.split())
 
 
-def test_a_tampered_bundle_stops_the_server_with_exit_1(serving_home: Path) -> None:
-    graphs = list((serving_home / "artifacts").rglob("mixed/1/model.onnx"))
+def test_a_tampered_bundle_stops_the_server_with_exit_1(models_home: Path) -> None:
+    graphs = list((models_home / "artifacts").rglob("mixed/1/model.onnx"))
     assert graphs, "the registry layout changed"
     graphs[0].write_bytes(graphs[0].read_bytes()[:-10])
-    proc = start(serving_home, "mixed", "--port", str(free_port()))
+    proc = start(models_home, "mixed", "--port", str(free_port()))
     code, err = stop(proc, signal_it=False)
     assert code == 1
     assert "mixed/1 is truncated" in err and "Traceback" not in err

@@ -54,17 +54,17 @@ def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
     ],
 )
 def test_every_json_form_predicts_like_the_predictor(
-    mixed_server: Running, serving_home: Path, body: dict[str, Any]
+    mixed_server: Running, models_home: Path, body: dict[str, Any]
 ) -> None:
     status, answer, headers = post(mixed_server, "/invocations", body)
     assert status == 200, answer
     assert headers["x-tandem-model"] == "mixed:1"
-    assert_same(answer["predictions"], expected(serving_home))
+    assert_same(answer["predictions"], expected(models_home))
 
 
 @pytest.mark.parametrize("header", [True, False])
 def test_csv_with_or_without_a_header(
-    mixed_server: Running, serving_home: Path, header: bool
+    mixed_server: Running, models_home: Path, header: bool
 ) -> None:
     lines = [",".join(NAMES)] if header else []
     for r in ROWS:
@@ -78,7 +78,7 @@ def test_csv_with_or_without_a_header(
         mixed_server, "/invocations", "\n".join(lines).encode(), {"content-type": "text/csv"}
     )
     assert status == 200, answer
-    assert_same(answer["predictions"], expected(serving_home))
+    assert_same(answer["predictions"], expected(models_home))
 
 
 @pytest.mark.parametrize(
@@ -106,8 +106,8 @@ def test_bad_requests_get_a_status_and_a_message(
     assert "Traceback" not in answer["message"]
 
 
-def test_several_models_need_a_name_on_invocations(serving_home: Path) -> None:
-    with running_server(["mixed", "num:1"], serving_home) as server:
+def test_several_models_need_a_name_on_invocations(models_home: Path) -> None:
+    with running_server(["mixed", "num:1"], models_home) as server:
         status, answer, _ = post(server, "/invocations", {"dataframe_records": ROWS})
         assert status == 400 and "name one with '?model=NAME'" in answer["message"]
         status, answer, headers = post(

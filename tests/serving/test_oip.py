@@ -52,7 +52,7 @@ def client(mixed_server: Running) -> triton.InferenceServerClient:
 
 
 def test_health_and_metadata_come_from_the_bundle(
-    client: triton.InferenceServerClient, serving_home: Path
+    client: triton.InferenceServerClient, models_home: Path
 ) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
@@ -72,7 +72,7 @@ def test_health_and_metadata_come_from_the_bundle(
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_infer_matches_the_predictor_and_echoes_the_id(
-    client: triton.InferenceServerClient, serving_home: Path, binary: bool
+    client: triton.InferenceServerClient, models_home: Path, binary: bool
 ) -> None:
     columns = rows(5)
     result = client.infer(
@@ -83,7 +83,7 @@ def test_infer_matches_the_predictor_and_echoes_the_id(
             triton.InferRequestedOutput(n, binary_data=binary) for n in ("label", "proba_yes")
         ],
     )
-    want = expected(serving_home, columns)
+    want = expected(models_home, columns)
     assert result.get_response()["id"] == "req-42"
     assert result.get_response()["model_version"] == "1"
     labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")]
@@ -123,10 +123,10 @@ def post(
     return response.status, json.loads(data) if data else {}, dict(response.getheaders())
 
 
-def test_a_matrix_input_in_signature_order_and_nested_data(serving_home: Path) -> None:
-    with running_server(["num"], serving_home) as server:
+def test_a_matrix_input_in_signature_order_and_nested_data(models_home: Path) -> None:
+    with running_server(["num"], models_home) as server:
         x = np.random.default_rng(0).normal(size=(4, 6))
-        with tandem.Registry(tandem.Settings(home=serving_home)) as reg:
+        with tandem.Registry(tandem.Settings(home=models_home)) as reg:
             want = tandem.load("num", registry=reg).predict(x)
         for data in (x.ravel().tolist(), x.tolist()):  # flat and row-major nested
             status, body, headers = post(server, "/v2/models/num/infer", {

@@ -47,8 +47,7 @@ import pytest
 
 import tandem
 from tandem import Registry, Settings
-from tests.helpers import TANDEM, cli_env
-from tests.serving.conftest import numeric_table
+from tests.helpers import TANDEM, cli_env, numeric_table
 
 pytestmark = pytest.mark.slow
 

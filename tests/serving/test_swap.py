@@ -130,9 +130,9 @@ def load(
 
 
 def test_the_server_follows_the_alias_under_load_without_a_failed_request(
-    serving_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    models_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with running_server(["num@champion"], serving_home, poll_s=0.2) as server:
+    with running_server(["num@champion"], models_home, poll_s=0.2) as server:
         port = server.port
         assert served_version(port) == ["1"]
         first = server.server.models[0].runner
@@ -140,7 +140,7 @@ def test_the_server_follows_the_alias_under_load_without_a_failed_request(
         gate = WarmupGate(monkeypatch)  # the next warm-up (version 2's) waits for the test
         with load(f"{server.url}/v2/models/num/infer", tmp_path) as report:
             wait_for(lambda: answered(port) >= 200, message="load on version 1")
-            move_champion(serving_home, 2)
+            move_champion(models_home, 2)
             assert gate.entered.wait(30), "version 2 was never loaded"
             # version 2 is loaded and warm but held: version 1 answers, readiness holds
             assert served_version(port) == ["1"]
@@ -177,12 +177,12 @@ def test_the_server_follows_the_alias_under_load_without_a_failed_request(
             first.batcher.admit(1, time.monotonic() + 10)
 
 
-def test_a_pinned_version_does_not_follow(serving_home: Path) -> None:
+def test_a_pinned_version_does_not_follow(models_home: Path) -> None:
     with (
-        running_server(["num:1"], serving_home, poll_s=0.2) as pinned,
-        running_server(["num@champion"], serving_home, poll_s=0.2) as following,
+        running_server(["num:1"], models_home, poll_s=0.2) as pinned,
+        running_server(["num@champion"], models_home, poll_s=0.2) as following,
     ):
-        move_champion(serving_home, 2)
+        move_champion(models_home, 2)
         # the following server has seen the move: the pinned one had as long to see it
         wait_for(lambda: served_version(following.port) == ["2"], message="the follower's swap")
         time.sleep(0.5)  # and a few more of its polls
@@ -196,9 +196,9 @@ def test_a_pinned_version_does_not_follow(serving_home: Path) -> None:
 
 
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
-    serving_home: Path, monkeypatch: pytest.MonkeyPatch
+    models_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with running_server(["num@champion"], serving_home, poll_s=0.2) as server:
+    with running_server(["num@champion"], models_home, poll_s=0.2) as server:
         tried = threading.Event()
         attempts: list[int] = []
 
@@ -208,7 +208,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
             raise RuntimeError("warm-up exploded")
 
         monkeypatch.setattr(models, "_warm", broken)
-        move_champion(serving_home, 2)
+        move_champion(models_home, 2)
         assert tried.wait(30)
         time.sleep(0.5)  # a few more polls: the version that failed is not tried again
         assert len(attempts) == 1
@@ -221,10 +221,10 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
 
 
 def test_readiness_is_false_until_the_warm_up_ends(
-    serving_home: Path, monkeypatch: pytest.MonkeyPatch
+    models_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = WarmupGate(monkeypatch)
-    registry = tandem.Registry(tandem.Settings(home=serving_home))
+    registry = tandem.Registry(tandem.Settings(home=models_home))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -257,13 +257,13 @@ def test_readiness_is_false_until_the_warm_up_ends(
 
 
 def test_a_served_process_is_live_at_once_and_ready_only_when_it_answers(
-    serving_home: Path,
+    models_home: Path,
 ) -> None:
     """The real CLI: from the first answer on, live is 200 and ready is 503 (with Retry-After)
     or 200; ready never goes back to 503, and once it is 200 inference succeeds at once."""
     port = free_port()
     proc = subprocess.Popen(
-        [*TANDEM, "serve", "num@champion", "--port", str(port)], env=cli_env(serving_home),
+        [*TANDEM, "serve", "num@champion", "--port", str(port)], env=cli_env(models_home),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

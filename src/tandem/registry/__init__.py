@@ -6,13 +6,14 @@ Example:
 """
 
 from tandem.registry.refs import ModelRef, parse_ref, validate_name
-from tandem.registry.store import ModelSummary, ModelVersion, Registry, VersionRecord
+from tandem.registry.store import ModelSummary, ModelVersion, Registry, Run, VersionRecord
 
 __all__ = [
     "ModelRef",
     "ModelSummary",
     "ModelVersion",
     "Registry",
+    "Run",
     "VersionRecord",
     "parse_ref",
     "validate_name",

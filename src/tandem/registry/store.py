@@ -9,6 +9,7 @@ is moved into place inside that same transaction, so a failure leaves neither be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -31,10 +32,10 @@ from tandem.config import Settings
 from tandem.errors import ConfigError, NotFoundError, RegistryError, UsageError
 from tandem.registry.refs import LATEST, ModelRef, parse_ref, validate_alias, validate_name
 
-__all__ = ["SCHEMA_VERSION", "ModelSummary", "ModelVersion", "Registry", "VersionRecord"]
+__all__ = ["SCHEMA_VERSION", "ModelSummary", "ModelVersion", "Registry", "Run", "VersionRecord"]
 
 #: version of the table layout, stored in the ``meta`` table for later migrations
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _ATTEMPTS = 5
 _WRITE = "tandem_write"  # execution option: the transaction will write
@@ -80,6 +81,24 @@ _tags = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
     sa.ForeignKeyConstraint(["name", "version"], ["versions.name", "versions.version"]),
+)
+#: work done with a version (a batch job; later training runs and serving intervals), for the
+#: cost ledger: one row per job, never per request
+_runs = sa.Table(
+    "runs",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("phase", sa.String(32), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("wall_seconds", sa.Float, nullable=False),
+    sa.Column("cpu_seconds", sa.Float, nullable=False),
+    sa.Column("peak_rss_mb", sa.Float, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),  # JSON object
+    sa.ForeignKeyConstraint(["name", "version"], ["versions.name", "versions.version"]),
+    sa.Index("runs_by_version", "name", "version"),
 )
 _meta = sa.Table(
     "meta",
@@ -135,6 +154,22 @@ class ModelSummary:
     n_versions: int
     aliases: dict[str, int]
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Run:
+    """One recorded job of a version (see :meth:`Registry.record_run`)."""
+
+    id: int
+    name: str
+    version: int
+    phase: str
+    finished_at: datetime
+    wall_seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    rows: int
+    details: dict[str, Any]
 
 
 _P = ParamSpec("_P")
@@ -392,7 +427,7 @@ class Registry:
                         f"delete anyway with force=True (`tandem models delete {name}:{version} "
                         "--force`), which removes them too"
                     )
-                for table in (_aliases, _tags, _versions):
+                for table in (_aliases, _tags, _runs, _versions):
                     conn.execute(delete(table).where(*_at(table, name, version)))
                 if not conn.scalar(select(func.count()).where(*_at(_versions, name))):
                     conn.execute(delete(_models).where(*_at(_models, name)))
@@ -407,6 +442,49 @@ class Registry:
                 _move(trash, moved)
             raise
         shutil.rmtree(trash, ignore_errors=True)
+
+    def record_run(
+        self,
+        name: str,
+        version: int,
+        phase: str,
+        *,
+        wall_seconds: float,
+        cpu_seconds: float,
+        peak_rss_mb: float,
+        rows: int,
+        details: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """Record one finished job of ``name:version`` (``phase`` says which kind: "batch")."""
+        run = Run(
+            id=0, name=name, version=version, phase=phase, finished_at=datetime.now(UTC),
+            wall_seconds=wall_seconds, cpu_seconds=cpu_seconds, peak_rss_mb=peak_rss_mb,
+            rows=rows, details=dict(details or {}),
+        )  # fmt: skip
+        row = asdict(run) | {"details": json.dumps(run.details, default=str)}
+        del row["id"]
+        with self._tx(write=True) as conn:
+            self._require_version(conn, name, version)
+            inserted = conn.execute(insert(_runs).values(row)).inserted_primary_key
+        assert inserted is not None
+        return dataclasses.replace(run, id=int(inserted[0]))
+
+    def runs(self, name: str, version: int | None = None, *, phase: str | None = None) -> list[Run]:
+        """The recorded jobs of ``name`` (of one ``version``, of one ``phase``), oldest first."""
+        query = select(_runs).where(*_at(_runs, name, version))
+        if phase is not None:
+            query = query.where(_runs.c.phase == phase)
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(_runs.c.id)).mappings().all()
+        return [
+            Run(
+                **(
+                    dict(r)
+                    | {"finished_at": _utc(r["finished_at"]), "details": json.loads(r["details"])}
+                )
+            )
+            for r in rows
+        ]
 
     @contextlib.contextmanager
     def _tx(self, *, write: bool = False) -> Iterator[Connection]:
@@ -434,6 +512,10 @@ class Registry:
             with self._tx(write=True) as conn:
                 _migrate_1_to_2(conn)
             found = 2
+        if found == 2:
+            with self._tx(write=True) as conn:
+                _migrate_2_to_3(conn)
+            found = 3
         if found > SCHEMA_VERSION:
             raise RegistryError(
                 f"registry database {self._where} has schema version {found}, newer than this "
@@ -546,9 +628,19 @@ def _migrate_1_to_2(conn: Connection) -> None:
             .scalar_subquery()
         )
         conn.execute(sa.update(_models).values(last_version=newest))
-    conn.execute(
-        sa.update(_meta).where(_meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION))
-    )
+    _set_schema_version(conn, 2)
+
+
+def _migrate_2_to_3(conn: Connection) -> None:
+    """Version 3 added the ``runs`` table."""
+    if _schema_version(conn) != 2:
+        return
+    _runs.create(conn, checkfirst=True)
+    _set_schema_version(conn, 3)
+
+
+def _set_schema_version(conn: Connection, version: int) -> None:
+    conn.execute(sa.update(_meta).where(_meta.c.key == "schema_version").values(value=str(version)))
 
 
 def _schema_version(conn: Connection) -> int | None:

@@ -1,0 +1,144 @@
+"""Rows a batch job cannot score, found before the Predictor sees them, one by one.
+
+The Predictor refuses a whole batch over one bad value (text in a numeric column): right for a
+request, wrong for a night's job over millions of rows. Here each chunk's signature columns
+are checked row by row first. A numeric column that arrived as text (CSV columns are read so;
+JSON Lines columns whose values mix kinds) is converted value by value: missing markers
+become missing values, true/false become 1/0 (which the Bundle's graph imputes), numbers become numbers, and
+anything else marks its row bad with a reason. Columns that arrived typed need no check.
+
+What happens to bad rows is the job's ``--on-error`` policy (:mod:`tandem.batch.job`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from tandem.data.schema import ColumnSpec
+from tandem.errors import SchemaError
+
+__all__ = ["Checked", "check_rows", "check_types", "numeric_type"]
+
+
+@functools.cache
+def _markers(kind: str) -> pa.Array:
+    """What Arrow's CSV reader takes for a missing value (``""``, ``NA``, ``null``, ``NaN``...),
+    for true and for false (``true``, ``False``...): text columns read them as a typed column
+    would. Built on first use: converting a Python list loads pandas into pyarrow, which an
+    import of tandem.batch must not pay for."""
+    options = pacsv.ConvertOptions()
+    values = {"missing": options.null_values, "true": options.true_values,
+              "false": options.false_values}[kind]  # fmt: skip
+    return pa.array(sorted(values), pa.string())
+
+
+#: a decimal number as text: what the conversion to float64 accepts
+_NUMBER = r"^\s*[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))\s*$"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A chunk's columns ready for the Predictor, and the rows that are not.
+
+    Attributes:
+        columns: the signature's columns; a numeric column that came as text is float64 here,
+            with bad rows null.
+        bad: row (within the chunk) -> (column, the value as text, reason), for the first
+            problem of each bad row.
+    """
+
+    columns: dict[str, pa.Array | pa.ChunkedArray]
+    bad: dict[int, tuple[str, str, str]]
+
+
+def numeric_type(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_null(t)
+    )
+
+
+def _text_type(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
+def check_types(specs: Sequence[ColumnSpec], schema: pa.Schema, where: str, *, typed: bool) -> None:
+    """SchemaError unless every signature column is in ``schema`` with a type it can hold.
+
+    Args:
+        typed: the file declares its types (Parquet): a numeric column stored as text is then
+            the wrong type, not a column with some bad values.
+    """
+    names = set(schema.names)
+    missing = [s.name for s in specs if s.name not in names]
+    if missing:
+        raise SchemaError(
+            f"{where} lacks column(s) {missing} that the model needs (it needs "
+            f"{[s.name for s in specs]}); it has {schema.names}"
+        )
+    for spec in specs:
+        t = schema.field(spec.name).type
+        if spec.kind == "categorical":
+            ok = _text_type(t) or numeric_type(t)
+        else:
+            ok = numeric_type(t) or (_text_type(t) and not typed)
+        if not ok:
+            want = "numbers" if spec.kind != "categorical" else "text or numbers (a category)"
+            raise SchemaError(
+                f"{where}: column '{spec.name}' is of type {t}, but the model needs {want} "
+                "there: convert the column, or score a file where it holds that type"
+            )
+
+
+def check_rows(
+    specs: Sequence[ColumnSpec], batch: pa.RecordBatch, read_bad: Sequence[tuple[int, str]] = ()
+) -> Checked:
+    """Convert ``batch``'s signature columns for the Predictor and find its bad rows.
+
+    ``read_bad`` are rows the reader already found unreadable (their reasons come first).
+    """
+    bad: dict[int, tuple[str, str, str]] = {i: ("", "", why) for i, why in read_bad}
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for spec in specs:
+        values = batch.column(spec.name)
+        if spec.kind != "categorical" and _text_type(values.type):
+            values = _numbers_from_text(spec.name, values, bad)
+        elif spec.kind == "categorical" and not (
+            _text_type(values.type) or numeric_type(values.type)
+        ):
+            raise SchemaError(  # a JSON Lines column of objects or lists, say
+                f"column '{spec.name}' holds values of type {values.type}; the model needs text "
+                "or numbers there"
+            )
+        columns[spec.name] = values
+    return Checked(columns, bad)
+
+
+def _numbers_from_text(
+    name: str, values: pa.Array, bad: dict[int, tuple[str, str, str]]
+) -> pa.Array:
+    """float64 of a text column; rows that are neither missing nor a number go to ``bad``."""
+    trimmed = pc.utf8_trim_whitespace(values)
+    missing = pc.fill_null(pc.is_in(trimmed, _markers("missing")), True)
+    number = pc.fill_null(pc.match_substring_regex(values, _NUMBER), False)
+    true = pc.fill_null(pc.is_in(trimmed, _markers("true")), False)
+    false = pc.fill_null(pc.is_in(trimmed, _markers("false")), False)
+    wrong = pc.invert(pc.or_(pc.or_(missing, number), pc.or_(true, false)))
+    rows = np.flatnonzero(np.asarray(wrong.to_numpy(zero_copy_only=False)))
+    for i in rows.tolist():
+        if i not in bad:
+            text = values[i].as_py()
+            bad[i] = (name, text, f"column '{name}' needs a number; got {text!r}")
+    parsed = pc.cast(pc.if_else(number, trimmed, pa.scalar(None, pa.string())), pa.float64())
+    parsed = pc.if_else(pc.and_(true, pc.invert(number)), pa.scalar(1.0), parsed)
+    return pc.if_else(pc.and_(false, pc.invert(number)), pa.scalar(0.0), parsed)
