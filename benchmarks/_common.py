@@ -211,3 +211,46 @@ def synthetic_classification(rng: Any, n: int, n_features: int) -> tuple[Any, An
     )
     y = (logit + 0.5 * rng.standard_normal(n) > 0).astype(np.int64)
     return x, y
+
+
+def train_models(registry: Any, table: Any, budget: float) -> dict[str, Any]:
+    """W1 (tandem's MLP 32→256→ReLU→256→ReLU→2) and a 200-tree LightGBM model, registered as
+    ``w1`` and ``gbdt`` from ``table`` (target ``y``)."""
+    import tandem
+
+    specs = {
+        "w1": ("mlp", {"hidden": 256}),
+        "gbdt": ("gbdt", {"max_rounds": 200, "patience": 200}),
+    }
+    info: dict[str, Any] = {}
+    for name, (family, params) in specs.items():
+        t0 = time.perf_counter()
+        result = tandem.train(
+            table,
+            target="y",
+            name=name,
+            model=family,
+            params=params,
+            registry=registry,
+            time_budget=budget,
+            seed=0,
+        )
+        predictor = tandem.load(name, registry=registry, threads=1)
+        details = predictor.manifest.details.get("model", {})
+        info[name] = {
+            "ref": result.version.ref,
+            "family": family,
+            "params": params,
+            "train_seconds": time.perf_counter() - t0,
+            "test_accuracy": result.version.metrics.get("accuracy"),
+            "model": {k: v for k, v in details.items() if k != "history"},
+            "graph_bytes": len(predictor.bundle.graph),
+        }
+        kept = details.get("trees", details.get("hidden"))
+        what = "trees kept" if family == "gbdt" else "hidden"
+        print(
+            f"trained {name} ({family}): {result.version.ref} in {info[name]['train_seconds']:.1f}s, "
+            f"test accuracy {info[name]['test_accuracy']:.4f}, {what}: {kept}",
+            flush=True,
+        )
+    return info

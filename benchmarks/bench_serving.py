@@ -85,6 +85,7 @@ from _common import (  # noqa: E402
     paired_ratio,
     synthetic_classification,
     text_table,
+    train_models,
     write_json,
 )
 
@@ -134,47 +135,6 @@ def oip_body(rows: np.ndarray) -> bytes:
         ]
     }
     return json.dumps(request).encode()
-
-
-def train_models(registry: Any, table: pa.Table, budget: float) -> dict[str, Any]:
-    import tandem
-
-    specs = {
-        "w1": ("mlp", {"hidden": 256}),
-        "gbdt": ("gbdt", {"max_rounds": 200, "patience": 200}),
-    }
-    info: dict[str, Any] = {}
-    for name, (family, params) in specs.items():
-        t0 = time.perf_counter()
-        result = tandem.train(
-            table,
-            target="y",
-            name=name,
-            model=family,
-            params=params,
-            registry=registry,
-            time_budget=budget,
-            seed=0,
-        )
-        predictor = tandem.load(name, registry=registry, threads=1)
-        details = predictor.manifest.details.get("model", {})
-        info[name] = {
-            "ref": result.version.ref,
-            "family": family,
-            "params": params,
-            "train_seconds": time.perf_counter() - t0,
-            "test_accuracy": result.version.metrics.get("accuracy"),
-            "model": {k: v for k, v in details.items() if k != "history"},
-            "graph_bytes": len(predictor.bundle.graph),
-        }
-        kept = details.get("trees", details.get("hidden"))
-        what = "trees kept" if family == "gbdt" else "hidden"
-        print(
-            f"trained {name} ({family}): {result.version.ref} in {info[name]['train_seconds']:.1f}s, "
-            f"test accuracy {info[name]['test_accuracy']:.4f}, {what}: {kept}",
-            flush=True,
-        )
-    return info
 
 
 # -- processes ---------------------------------------------------------------------------------

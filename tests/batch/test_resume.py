@@ -24,8 +24,8 @@ from tandem.batch.journal import work_folder
 from tandem.batch.sources import chunks, list_inputs
 from tests.helpers import TANDEM, cli_env, numeric_table
 
-ROWS = 400_000
-CHUNK = 8_000  # 50 chunks
+ROWS = 600_000
+CHUNK = 6_000  # 100 chunks
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_output(
     journal = work_folder(out) / "journal.jsonl"
     kills = 0
     mid_job = 0  # kills that left some chunks journaled, not all
-    for attempt in range(16):
+    for attempt in range(30):
         extra = ["--resume"] if attempt else []
         proc = subprocess.Popen(batch_args(big_input, out, *extra, "--json"), env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -113,7 +113,7 @@ def test_a_torn_journal_line_and_a_stray_part_are_redone(
             break
         time.sleep(0.002)
     proc.wait(30)
-    assert journal.exists(), "the job finished before three of its 50 chunks were journaled"
+    assert journal.exists(), "the job finished before three of its 100 chunks were journaled"
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join(lines[:3]) + b'{"index": 3, "fi')
     (journal.parent / "part-000003.arrow").write_bytes(b"half a part")

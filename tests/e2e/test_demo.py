@@ -36,6 +36,9 @@ def test_demo_trains_registers_predicts_and_compares_phases(home: Path) -> None:
     realtime = inference["realtime"]
     assert realtime["requests"] == 3000 and realtime["mismatches"] == 0
     assert 0 < realtime["p50_ms"] <= realtime["p99_ms"] and realtime["requests_per_s"] > 0
+    batch = inference["batch"]  # the same later days, as a tandem batch job over a file
+    assert batch["rows"] == inference["rows"] and batch["mismatches"] == 0
+    assert batch["rows_per_s"] > 0 and batch["cpu_seconds"] > 0
     again = subprocess.run(
         [*TANDEM, "models", "show", "rain@champion", "--json"],
         capture_output=True,

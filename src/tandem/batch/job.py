@@ -1,17 +1,20 @@
 """A batch job: score files of rows with a registered model, chunk by chunk, resumably.
 
-    inputs ──► chunks (sources) ──► check rows (rows) ──► Predictor ──► parts + journal ──► output
-               read-ahead thread      this thread          this thread   write-behind thread
+    inputs ──► chunks (sources) ──► Scorer: check rows, Predictor ──► settle ──► parts + journal ──► output
+               read-ahead thread     this thread (local engine)       policy     write-behind thread
+                                     or Ray Data actors (ray engine)
 
-Three stages overlap: while the Predictor scores chunk k, a thread reads chunk k+1 and another
-writes chunk k-1 (Arrow's readers and writers and ONNX Runtime all release the GIL), so
-memory holds about three chunks plus the model. The Predictor is the one ``tandem predict``
-and the server use: for the same rows the numbers are the same.
+While the Predictor scores chunk k, a thread reads chunk k+1 and another writes chunk k-1
+(Arrow's readers and writers and ONNX Runtime all release the GIL), so memory holds about
+three chunks plus the model. The Predictor is the one ``tandem predict`` and the server use.
+Both engines cut the job into the same chunks and settle bad rows the same way, so they
+write the same parts, and either can resume the other's journal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tandem.batch.journal import Done, Journal, rejects_path, work_folder
 from tandem.batch.rows import check_rows, check_types
 from tandem.batch.sources import Chunk, InputFile, chunks, list_inputs, read_schema
-from tandem.bundle import load_bundle
+from tandem.bundle import Bundle, load_bundle
 from tandem.data.readers import FORMATS
 from tandem.errors import ConfigError, DataError, UsageError
 from tandem.inference.predictor import Predictor
@@ -39,8 +43,13 @@ __all__ = [
     "run_batch",
 ]
 
-#: rows per chunk; chosen by measurement (benchmarks/bench_batch.py)
+#: rows per chunk, the unit of reading, writing and resume (benchmarks/bench_batch.py)
 DEFAULT_CHUNK_ROWS = 65_536
+#: rows per call of the model within a chunk. Measured on 2 cores (Predictor from an Arrow
+#: table, 2 threads): W1 452k rows/s at 1,024, 450k at 4,096, 377k at 32,768; the 200-tree
+#: GBDT 167k, 179k, 194k. And ONNX Runtime's arena grows with the batch: one 65,536-row
+#: forward pass of W1 took 200 MB more, twice 360 MB
+COMPUTE_ROWS = 4_096
 ON_ERROR = ("fail", "skip", "null")
 ENGINES = ("local", "ray")
 OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
@@ -164,7 +173,7 @@ def run_batch(
             if options.resume and plan.output.exists() and not Journal(plan.output).exists():
                 return BatchResult(plan.version.ref, plan.output, None, 0, 0, 0, 0, 0,
                                    meter.read(), complete_before=True)  # fmt: skip
-            result = _run_local(plan, options, meter, on_progress)
+            result = _run(plan, options, meter, on_progress)
         result.profile = meter.profile
         reg.record_run(
             plan.version.name, plan.version.version, "batch",
@@ -275,65 +284,84 @@ def _start_journal(plan: _Plan, options: BatchOptions) -> Journal:
     return journal
 
 
-def _run_local(
+def _run(
     plan: _Plan,
     options: BatchOptions,
     meter: Meter,
     on_progress: Callable[[BatchProgress], None] | None,
 ) -> BatchResult:
     journal = _start_journal(plan, options)
+    keeps_rejects = options.on_error != "fail"
+    scorer: Scorer | None = None
     try:
         bundle = load_bundle(plan.version.path, expected_digest=plan.version.digest)
-        predictor = Predictor(bundle, threads=options.threads)
-        scorer = _Scorer(predictor, plan, options.on_error)
+        scorer = Scorer(bundle, plan.keep, threads=options.threads)
         resumed = len(journal.done)
         if not journal.ended:
-            _score_all(plan, journal, scorer, options.chunk_rows, on_progress)
+            if options.engine == "ray":
+                from tandem.batch.ray_engine import scored_on_ray
+
+                scored = scored_on_ray(plan, journal.done, scorer, options)
+            else:
+                scored = _scored_here(plan, journal.done, scorer, options.chunk_rows)
+            journal.stream_output(plan.format, scorer.schema(plan.keep_schema))
+            _write_all(plan, journal, scored, scorer, options.on_error, on_progress)
             journal.end()
-        keeps_rejects = options.on_error != "fail"
-        journal.finish(
-            plan.format, scorer.schema(), rejects=REJECTS_SCHEMA if keeps_rejects else None
-        )
+        schema = scorer.schema(plan.keep_schema)
+        journal.finish(plan.format, schema, rejects=REJECTS_SCHEMA if keeps_rejects else None)
     finally:
         journal.close()
+        if scorer is not None:
+            scorer.close()
     done = journal.done
     return BatchResult(
         model=plan.version.ref, output=plan.output,
         rejects=rejects_path(plan.output) if keeps_rejects else None,
         rows_in=sum(d.rows_in for d in done), rows_out=sum(d.rows_out for d in done),
         rejected=sum(d.rejects for d in done), chunks=len(done), resumed_chunks=resumed,
-        profile=meter.read(),
+        profile=meter.read(), engine=options.engine,
     )  # fmt: skip
 
 
-def _score_all(
+#: a chunk of the job and its rows scored (:meth:`Scorer.score`)
+Scored = tuple[Chunk, pa.Table]
+
+
+def _scored_here(
+    plan: _Plan, done: Sequence[Done], scorer: Scorer, chunk_rows: int
+) -> Iterator[Scored]:
+    """The local engine: chunks read one ahead in a thread, scored in this one."""
+    text = scorer.numeric if plan.inputs[0].format == "csv" else []
+    stream = chunks(plan.inputs, chunk_rows, columns=scorer.columns_read, text_columns=text,
+                    done=[(d.file, d.rows_in) for d in done])  # fmt: skip
+    with ThreadPoolExecutor(1, "tandem-read") as reader:
+        ahead: Future[Chunk | None] = reader.submit(next, stream, None)
+        while (chunk := ahead.result()) is not None:
+            ahead = reader.submit(next, stream, None)
+            yield chunk, scorer.score(chunk.batch, chunk.bad)
+
+
+def _write_all(
     plan: _Plan,
     journal: Journal,
-    scorer: _Scorer,
-    chunk_rows: int,
+    scored: Iterator[Scored],
+    scorer: Scorer,
+    on_error: str,
     on_progress: Callable[[BatchProgress], None] | None,
 ) -> None:
+    """Settle each scored chunk by the error policy and store it; a thread writes chunk k
+    while chunk k+1 is scored."""
     inputs = plan.inputs
     sizes = [max(f.size, 1) for f in inputs]
     total_size = sum(sizes)
     total_rows = (
         sum(f.rows or 0 for f in inputs) if all(f.rows is not None for f in inputs) else None
     )
-    columns = list(dict.fromkeys([*scorer.names, *plan.keep]))
-    text = scorer.numeric if plan.inputs[0].format == "csv" else []
-    stream = chunks(inputs, chunk_rows, columns=columns, text_columns=text,
-                    done=[(d.file, d.rows_in) for d in journal.done])  # fmt: skip
     row = first = sum(d.rows_in for d in journal.done)  # the job's number of the next row
-
-    with (
-        ThreadPoolExecutor(1, "tandem-read") as reader,
-        ThreadPoolExecutor(1, "tandem-write") as writer,
-    ):
-        ahead: Future[Chunk | None] = reader.submit(next, stream, None)
+    with ThreadPoolExecutor(1, "tandem-write") as writer:
         behind: Future[None] | None = None
-        while (chunk := ahead.result()) is not None:
-            ahead = reader.submit(next, stream, None)
-            output, rejects = scorer.score(chunk, row, inputs[chunk.file].path)
+        for chunk, rows in scored:
+            output, rejects = settle(rows, on_error, row, chunk.start, inputs[chunk.file].path)
             done = Done(chunk.index, chunk.file, chunk.start, chunk.rows, output.num_rows,
                         0 if rejects is None else rejects.num_rows)  # fmt: skip
             if behind is not None:
@@ -347,76 +375,145 @@ def _score_all(
             behind.result()
 
 
-class _Scorer:
-    """One chunk in, its output rows and rejected rows out."""
+#: columns :meth:`Scorer.score` adds to say why a row could not be scored (null: it was)
+WHY = ("__tandem_column", "__tandem_value", "__tandem_reason")
 
-    def __init__(self, predictor: Predictor, plan: _Plan, on_error: str) -> None:
-        self.predictor = predictor
-        self.specs = list(predictor.manifest.inputs)
-        self.names = [s.name for s in self.specs]
+
+class Scorer:
+    """Rows in; the same rows out as the kept columns, the predictions and, for rows that
+    could not be scored, why (their predictions null). The local engine runs one here; the
+    Ray engine runs one in each actor and settles the rows here, so both apply one policy."""
+
+    def __init__(
+        self, bundle: Bundle, keep: Sequence[str], *, threads: int | None, spin: bool = False
+    ) -> None:
+        # threads=None: one single-threaded session per core, each scoring its own slices of
+        # a chunk, rather than one session whose threads split each operator. Measured on 2
+        # cores (W1, 2M rows of Parquet, reading and writing alongside): see COMPUTE_ROWS.
+        sessions = _cores() if threads is None else 1
+        per_session = 1 if threads is None else threads
+        self.predictors = [
+            Predictor(bundle, threads=per_session, spin=spin) for _ in range(sessions)
+        ]
+        self.predictor = self.predictors[0]
+        self._pool = ThreadPoolExecutor(sessions - 1, "tandem-score") if sessions > 1 else None
+        self.keep = list(keep)
+        self.specs = list(self.predictor.manifest.inputs)
         self.numeric = [s.name for s in self.specs if s.kind != "categorical"]
-        self.plan = plan
-        self.on_error = on_error
-        self.columns = predictor.output_columns
-        classes = predictor.manifest.classes
+        self.columns_read = list(dict.fromkeys([*(s.name for s in self.specs), *self.keep]))
+        self.outputs = self.predictor.output_columns
+        classes = self.predictor.manifest.classes
         self.label_type = pa.array(np.asarray(classes)).type if classes else None
 
-    def schema(self) -> pa.Schema:
-        fields = list(self.plan.keep_schema)
-        if self.label_type is not None:
-            fields.append(pa.field("label", self.label_type))
-            fields += [pa.field(c, pa.float64()) for c in self.columns[1:]]
-        else:
-            fields.append(pa.field("prediction", pa.float64()))
-        return pa.schema(fields)
-
-    def score(self, chunk: Chunk, row: int, path: Path) -> tuple[pa.Table, pa.Table | None]:
-        checked = check_rows(self.specs, chunk.batch, chunk.bad)
-        bad = checked.bad
-        n = chunk.rows
-        good: np.ndarray | None = None  # row numbers scored, when not all
-        features = pa.table(checked.columns)
-        if bad:
-            if self.on_error == "fail":
-                i = min(bad)
-                reason = bad[i][2]
-                raise DataError(
-                    f"row {row + i:,} of the job (row {chunk.start + i:,} of '{path}', 0-based) "
-                    f"cannot be scored: {reason}. Fix it, or run with --on-error skip (leave such "
-                    "rows out) or null (keep them with empty predictions); both list them in a "
-                    "rejects file"
-                )
-            mask = np.ones(n, dtype=bool)
-            mask[list(bad)] = False
-            good = np.flatnonzero(mask)
-            features = features.take(good)
-        decoded = (
-            self.predictor.predict_columns(features)
-            if features.num_rows
-            else {c: np.empty(0) for c in self.columns}
-        )
-        keep = chunk.batch.select(self.plan.keep) if self.plan.keep else None
-        out: dict[str, Any] = {}
-        if keep is not None:
-            kept = pa.Table.from_batches([keep])
-            if good is not None and self.on_error == "skip":
-                kept = kept.take(good)
-            out.update((k, kept.column(k)) for k in self.plan.keep)
-        for name in self.columns:
-            values = decoded[name]
-            if good is not None and self.on_error == "null":
-                out[name] = _scatter(values, good, n, self._type(name))
-            else:
-                out[name] = pa.array(values, type=self._type(name))
-        output = pa.table(out)
-        if not bad:
-            return output, None
-        return output, _rejects(bad, row, chunk.start, path)
+    def schema(self, keep: pa.Schema) -> pa.Schema:
+        """The output's columns: those kept, then the predictions."""
+        return pa.schema([*keep, *(pa.field(c, self._type(c)) for c in self.outputs)])
 
     def _type(self, name: str) -> pa.DataType:
         if name == "label" and self.label_type is not None:
             return self.label_type
         return pa.float64()
+
+    def _predict(self, features: pa.Table) -> dict[str, np.ndarray]:
+        n = features.num_rows
+        if n <= COMPUTE_ROWS:
+            if not n:
+                return {c: np.empty(0) for c in self.outputs}
+            return self.predictor.predict_columns(features)
+        slices = [features.slice(lo, COMPUTE_ROWS) for lo in range(0, n, COMPUTE_ROWS)]
+        if self._pool is None:
+            parts = [self.predictor.predict_columns(s) for s in slices]
+        else:  # slice i goes to session i mod k; this thread runs session 0's share
+            k = len(self.predictors)
+            others = [
+                self._pool.submit(_run_slices, self.predictors[j], slices[j::k])
+                for j in range(1, k)
+            ]
+            shares = [_run_slices(self.predictor, slices[0::k]), *(f.result() for f in others)]
+            parts = [shares[i % k][i // k] for i in range(len(slices))]
+        return {c: np.concatenate([p[c] for p in parts]) for c in self.outputs}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def score(
+        self, batch: pa.RecordBatch | pa.Table, read_bad: Sequence[tuple[int, str]] = ()
+    ) -> pa.Table:
+        checked = check_rows(self.specs, batch, read_bad)
+        bad = checked.bad
+        n = batch.num_rows
+        features = pa.table(checked.columns)
+        good: np.ndarray | None = None
+        if bad:
+            mask = np.ones(n, dtype=bool)
+            mask[list(bad)] = False
+            good = np.flatnonzero(mask)
+            features = features.take(good)
+        decoded = self._predict(features)
+        out: dict[str, Any] = {k: batch.column(k) for k in self.keep}
+        for name in self.outputs:
+            if good is None:
+                out[name] = pa.array(decoded[name], type=self._type(name))
+            else:
+                out[name] = _scatter(decoded[name], good, n, self._type(name))
+        rows = sorted(bad)
+        for j, name in enumerate(WHY):
+            if not bad:
+                out[name] = pa.nulls(n, pa.string())
+                continue
+            values: list[str | None] = [None] * n
+            for i in rows:
+                values[i] = bad[i][j] or None
+            out[name] = pa.array(values, pa.string())
+        return pa.table(out)
+
+
+def _run_slices(predictor: Predictor, slices: Sequence[pa.Table]) -> list[dict[str, np.ndarray]]:
+    return [predictor.predict_columns(s) for s in slices]
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def settle(
+    scored: pa.Table, on_error: str, row: int, start: int, path: Path
+) -> tuple[pa.Table, pa.Table | None]:
+    """Apply the error policy to one chunk's scored rows: (output rows, rejected rows or None).
+
+    ``row`` is the job's number of the chunk's first row, ``start`` its number in ``path``.
+    """
+    reason = scored.column(WHY[2])
+    output = scored.drop(list(WHY))
+    if reason.null_count == scored.num_rows:
+        return output, None
+    bad = np.flatnonzero(np.asarray(pc.is_valid(reason).to_numpy(zero_copy_only=False)))
+    if on_error == "fail":
+        i = int(bad[0])
+        raise DataError(
+            f"row {row + i:,} of the job (row {start + i:,} of '{path}', 0-based) cannot be "
+            f"scored: {reason[i].as_py()}. Fix it, or run with --on-error skip (leave such rows "
+            "out) or null (keep them with empty predictions); both list them in a rejects file"
+        )
+    picked = scored.take(pa.array(bad))
+    rejects = pa.table(
+        {
+            "row": pa.array(bad + row, pa.int64()),
+            "file": pa.array([str(path)] * len(bad), pa.string()),
+            "file_row": pa.array(bad + start, pa.int64()),
+            "column": picked.column(WHY[0]),
+            "value": picked.column(WHY[1]),
+            "reason": picked.column(WHY[2]),
+        },
+        schema=REJECTS_SCHEMA,
+    )
+    if on_error == "skip":
+        output = output.filter(pc.is_null(reason))
+    return output, rejects
 
 
 def _scatter(values: np.ndarray, rows: np.ndarray, n: int, type_: pa.DataType) -> pa.Array:
@@ -426,18 +523,3 @@ def _scatter(values: np.ndarray, rows: np.ndarray, n: int, type_: pa.DataType) -
     mask = np.ones(n, dtype=bool)
     mask[rows] = False
     return pa.array(full, type=type_, mask=mask)
-
-
-def _rejects(bad: dict[int, tuple[str, str, str]], row: int, start: int, path: Path) -> pa.Table:
-    rows = sorted(bad)
-    return pa.table(
-        {
-            "row": pa.array([row + i for i in rows], pa.int64()),
-            "file": pa.array([str(path)] * len(rows), pa.string()),
-            "file_row": pa.array([start + i for i in rows], pa.int64()),
-            "column": pa.array([bad[i][0] or None for i in rows], pa.string()),
-            "value": pa.array([bad[i][1] or None for i in rows], pa.string()),
-            "reason": pa.array([bad[i][2] for i in rows], pa.string()),
-        },
-        schema=REJECTS_SCHEMA,
-    )

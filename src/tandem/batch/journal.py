@@ -72,10 +72,15 @@ class Journal:
         self.done: list[Done] = []
         self.ended = False
         self._log: Any = None
+        #: the output, written as chunks are stored, when this run scores every chunk: the
+        #: finish then only renames it (else it is written from the parts)
+        self._final: TableWriter | None = None
+        self._final_path = self.folder / "final-output.tmp"
 
     # -- starting --------------------------------------------------------------------------------
 
     def exists(self) -> bool:
+        shutil.rmtree(_trash(self.folder), ignore_errors=True)  # what a finished job left
         return (self.folder / "job.json").exists()
 
     def begin(self, job: dict[str, Any]) -> None:
@@ -116,6 +121,11 @@ class Journal:
 
     # -- chunks ----------------------------------------------------------------------------------
 
+    def stream_output(self, fmt: str, schema: pa.Schema) -> None:
+        """Write the output as chunks come (a run that scores every chunk, from the first)."""
+        if not self.done:
+            self._final = TableWriter(self._final_path, fmt, schema)
+
     def write(self, done: Done, output: pa.Table, rejects: pa.Table | None) -> None:
         """Store one chunk's parts, then record it as done."""
         if done.index != len(self.done):
@@ -125,6 +135,20 @@ class Journal:
             _write_ipc(self.folder / f"rejects-{done.index:06d}.arrow", rejects)
         self._append(done.__dict__)
         self.done.append(done)
+        if self._final is not None:
+            try:
+                self._final.write(output)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                # a chunk's types differ from the first's (JSON Lines): the finish unifies
+                # them from the parts instead
+                self._drop_final()
+
+    def _drop_final(self) -> None:
+        if self._final is not None:
+            with contextlib.suppress(Exception):
+                self._final.close()
+            self._final = None
+        self._final_path.unlink(missing_ok=True)
 
     def end(self) -> None:
         """Record that every chunk is done."""
@@ -155,9 +179,21 @@ class Journal:
         """
         if rejects is not None:
             _write_final(self, "rejects", rejects_path(self.output), fmt, rejects)
-        _write_final(self, "part", self.output, fmt, empty)
+        if self._final is not None and self.ended:
+            self._final.close()
+            self._final = None
+            _fsync(self._final_path)
+            os.replace(self._final_path, self.output)
+        else:
+            self._drop_final()
+            _write_final(self, "part", self.output, fmt, empty)
         self.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        # one rename says the job is over; removing the files one by one does not (a kill
+        # midway left a journal whose parts were gone, and the resume failed: measured)
+        trash = _trash(self.folder)
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(self.folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def schema(self, kind: str, empty: pa.Schema) -> pa.Schema:
         schemas = []
@@ -176,11 +212,20 @@ class Journal:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._final is not None:
+            self._drop_final()
 
     def discard(self) -> None:
         self.close()
         if self.folder.exists():
-            shutil.rmtree(self.folder)
+            trash = _trash(self.folder)
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(self.folder, trash)  # gone at once, then removed at leisure
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def _trash(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".finished")
 
 
 def _read_journal(path: Path) -> tuple[list[Done], bool]:
@@ -240,19 +285,37 @@ def _write_final(journal: Journal, kind: str, target: Path, fmt: str, empty: pa.
 
 def write_stream(tables: Iterator[pa.Table], path: Path, fmt: str, schema: pa.Schema) -> None:
     """Write tables one after another as one file of ``fmt`` (memory: one table at a time)."""
-    if fmt == "parquet":
-        # dictionary encoding made float writes 4.8x slower (DESIGN.md)
-        with pq.ParquetWriter(path, schema, use_dictionary=False) as writer:
-            for t in tables:
-                writer.write_table(t.cast(schema))
-    elif fmt == "csv":
-        with pacsv.CSVWriter(path, schema) as writer:
-            for t in tables:
-                writer.write_table(t.cast(schema))
-    else:
-        with open(path, "wb") as f:
-            for t in tables:
-                f.write(_jsonl(t))
+    writer = TableWriter(path, fmt, schema)
+    try:
+        for t in tables:
+            writer.write(t)
+    finally:
+        writer.close()
+
+
+class TableWriter:
+    """One output file of ``fmt`` written table by table, each cast to ``schema``."""
+
+    def __init__(self, path: Path, fmt: str, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.fmt = fmt
+        self._writer: Any
+        if fmt == "parquet":
+            # dictionary encoding made float writes 4.8x slower (DESIGN.md)
+            self._writer = pq.ParquetWriter(path, schema, use_dictionary=False)
+        elif fmt == "csv":
+            self._writer = pacsv.CSVWriter(path, schema)
+        else:
+            self._writer = open(path, "wb")  # noqa: SIM115 - closed by close()
+
+    def write(self, table: pa.Table) -> None:
+        if self.fmt == "jsonl":
+            self._writer.write(_jsonl(table))
+        else:
+            self._writer.write_table(table.cast(self.schema))
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 def _jsonl(table: pa.Table) -> bytes:

@@ -101,7 +101,9 @@ def check_types(specs: Sequence[ColumnSpec], schema: pa.Schema, where: str, *, t
 
 
 def check_rows(
-    specs: Sequence[ColumnSpec], batch: pa.RecordBatch, read_bad: Sequence[tuple[int, str]] = ()
+    specs: Sequence[ColumnSpec],
+    batch: pa.RecordBatch | pa.Table,
+    read_bad: Sequence[tuple[int, str]] = (),
 ) -> Checked:
     """Convert ``batch``'s signature columns for the Predictor and find its bad rows.
 
