@@ -307,3 +307,26 @@ def test_usage_errors_before_work_leave_no_job_behind(models_home: Path, tmp_pat
             )
         assert reg.runs("mixed") == []
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["rows.parquet"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_progress_reports_rows_and_the_share_read(
+    models_home: Path, tmp_path: Path, fmt: str
+) -> None:
+    """What the bar shows: rows so far (for rows/s) and the share of the input read (for the
+    time left), rising to the whole input; rows known up front for Parquet only."""
+    rows = rows_with_id(1000)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        _write(rows.slice(500 * i, 500), folder / f"part-{i}.{fmt}")
+    events: list[Any] = []
+    with Registry(Settings(home=models_home)) as reg:
+        run_batch("mixed", BatchOptions([folder], tmp_path / "out.parquet", chunk_rows=100),
+                  registry=reg, on_progress=events.append)  # fmt: skip
+    assert [e.rows for e in events] == list(range(100, 1001, 100))
+    assert [e.new for e in events] == [e.rows for e in events]
+    shares = [e.done for e in events]
+    assert shares == sorted(shares) and shares[-1] == pytest.approx(1.0)
+    assert 0.4 < shares[4] <= 0.6  # the first file of two equal ones read
+    assert {e.total_rows for e in events} == ({1000} if fmt == "parquet" else {None})
