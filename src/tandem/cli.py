@@ -387,7 +387,11 @@ def batch(
     ] = "fail",
     chunk_rows: Annotated[int, typer.Option(help="Rows per chunk.")] = 65_536,
     threads: Annotated[
-        int | None, typer.Option(help="ONNX Runtime threads (default: every core).")
+        int | None,
+        typer.Option(
+            help="One ONNX Runtime session with this many threads (default: a "
+            "single-threaded session per core, measured faster)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
