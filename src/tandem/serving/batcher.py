@@ -59,8 +59,11 @@ __all__ = [
     "TooLargeError",
 ]
 
-#: share of a request's remaining time that admission keeps in reserve
-ADMISSION_MARGIN = 0.25
+#: share of a request's remaining time that admission keeps in reserve. 0.25 let a request
+#: through now and then whose wait then ran past its deadline when the machine slowed by a
+#: few per cent mid-run (one 504 in ~20 overload-test runs); the queue stays long enough to
+#: keep the model busy either way, so goodput does not pay for the margin
+ADMISSION_MARGIN = 0.35
 #: a queued request is expired (504, not computed) when its deadline has passed, or when its
 #: batch is predicted to end more than this after it: a prediction some ms over is within the
 #: noise of the cost model, and an answer a few ms late serves a client better than none
@@ -330,7 +333,7 @@ class Batcher:
             )
         wait = self.predicted_wait(now)
         done = wait + alone
-        # a quarter of the time left is kept as margin: predictions are means, and a request
+        # a share of the time left is kept as margin: predictions are means, and a request
         # admitted on a bet that exactly breaks even is one that expires in the queue
         if now + done > deadline - ADMISSION_MARGIN * (deadline - now):
             budget_ms = max(0.0, (deadline - now) * 1e3)
