@@ -13,7 +13,6 @@ write the same parts, and either can resume the other's journal.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from tandem.bundle import Bundle, load_bundle
 from tandem.data.readers import FORMATS
 from tandem.errors import ConfigError, DataError, UsageError
 from tandem.inference.predictor import Predictor
+from tandem.inference.runtime import usable_cores
 from tandem.ledger.meter import Meter, Profile
 from tandem.registry import ModelVersion, Registry
 
@@ -139,6 +139,7 @@ class _Plan:
     """Everything checked before any work."""
 
     version: ModelVersion
+    bundle: Bundle  # loaded and verified once, for the checks and for scoring
     inputs: list[InputFile]
     output: Path
     format: str
@@ -216,7 +217,8 @@ def _plan(reg: Registry, ref: str, options: BatchOptions) -> _Plan:
     inputs = list_inputs(options.inputs)
     if any(f.path == output for f in inputs):
         raise UsageError(f"--output '{output}' is also an input: write somewhere else")
-    manifest = load_bundle(version.path, expected_digest=version.digest).manifest
+    bundle = load_bundle(version.path, expected_digest=version.digest)
+    manifest = bundle.manifest
     specs = list(manifest.inputs)
     predicted = _prediction_columns(manifest.classes)
     keep = list(dict.fromkeys(options.keep))
@@ -244,7 +246,7 @@ def _plan(reg: Registry, ref: str, options: BatchOptions) -> _Plan:
         "inputs": [f.to_json() for f in inputs], "format": fmt, "keep": keep,
         "on_error": options.on_error, "chunk_rows": options.chunk_rows,
     }  # fmt: skip
-    return _Plan(version, inputs, output, fmt, keep, keep_schema, job)
+    return _Plan(version, bundle, inputs, output, fmt, keep, keep_schema, job)
 
 
 def _output_format(output: Path, given: str | None) -> str:
@@ -295,8 +297,7 @@ def _run(
     keeps_rejects = options.on_error != "fail"
     scorer: Scorer | None = None
     try:
-        bundle = load_bundle(plan.version.path, expected_digest=plan.version.digest)
-        scorer = Scorer(bundle, plan.keep, threads=options.threads)
+        scorer = Scorer(plan.bundle, plan.keep, threads=options.threads)
         resumed = len(journal.done)
         if not journal.ended:
             if options.engine == "ray":
@@ -391,7 +392,7 @@ class Scorer:
         # threads=None: one single-threaded session per core, each scoring its own slices of
         # a chunk, rather than one session whose threads split each operator. Measured on 2
         # cores (W1, 2M rows of Parquet, reading and writing alongside): see COMPUTE_ROWS.
-        sessions = _cores() if threads is None else 1
+        sessions = usable_cores() if threads is None else 1
         per_session = 1 if threads is None else threads
         self.predictors = [
             Predictor(bundle, threads=per_session, spin=spin) for _ in range(sessions)
@@ -472,13 +473,6 @@ class Scorer:
 
 def _run_slices(predictor: Predictor, slices: Sequence[pa.Table]) -> list[dict[str, np.ndarray]]:
     return [predictor.predict_columns(s) for s in slices]
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def settle(

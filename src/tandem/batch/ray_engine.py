@@ -17,7 +17,6 @@ Ray is an optional dependency: ``pip install 'tandem-ml[ray]'``.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import pyarrow.csv as pacsv
 
 from tandem.batch.sources import Chunk
 from tandem.errors import ConfigError, DataError, TandemError
+from tandem.inference.runtime import usable_cores
 
 if TYPE_CHECKING:
     from tandem.batch.job import BatchOptions, Scored, Scorer, _Plan
@@ -51,7 +51,7 @@ def scored_on_ray(
     started_here = False
     if not ray.is_initialized():
         if options.ray_address is None:
-            ray.init(num_cpus=_cores(), include_dashboard=False, log_to_driver=False,
+            ray.init(num_cpus=usable_cores(), include_dashboard=False, log_to_driver=False,
                      configure_logging=False)  # fmt: skip
             started_here = True
         else:
@@ -86,7 +86,7 @@ def _scored(
     cutter = _Cutter(options.chunk_rows, done_rows, plan, first=len(done))
     # half a CPU an actor: with whole ones on a small machine the read tasks never get a CPU
     # and the job waits for ever (measured on 2 CPUs)
-    actors = _cores() if options.ray_address is None else 2
+    actors = usable_cores() if options.ray_address is None else 2
     for group in groups:
         ds = _read(ray, plan, group, scorer)
         scored = ds.map_batches(
@@ -230,10 +230,3 @@ class _Cutter:
 
 def _bundle_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_file())
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

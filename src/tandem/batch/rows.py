@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from tandem.data.schema import ColumnSpec
+from tandem.data.schema import ColumnSpec, numeric_arrow_type
 from tandem.errors import SchemaError
 
-__all__ = ["Checked", "check_rows", "check_types", "numeric_type"]
+__all__ = ["Checked", "check_rows", "check_types"]
 
 
 @functools.cache
@@ -58,16 +58,6 @@ class Checked:
     bad: dict[int, tuple[str, str, str]]
 
 
-def numeric_type(t: pa.DataType) -> bool:
-    return bool(
-        pa.types.is_integer(t)
-        or pa.types.is_floating(t)
-        or pa.types.is_boolean(t)
-        or pa.types.is_decimal(t)
-        or pa.types.is_null(t)
-    )
-
-
 def _text_type(t: pa.DataType) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
@@ -89,9 +79,9 @@ def check_types(specs: Sequence[ColumnSpec], schema: pa.Schema, where: str, *, t
     for spec in specs:
         t = schema.field(spec.name).type
         if spec.kind == "categorical":
-            ok = _text_type(t) or numeric_type(t)
+            ok = _text_type(t) or numeric_arrow_type(t)
         else:
-            ok = numeric_type(t) or (_text_type(t) and not typed)
+            ok = numeric_arrow_type(t) or (_text_type(t) and not typed)
         if not ok:
             want = "numbers" if spec.kind != "categorical" else "text or numbers (a category)"
             raise SchemaError(
@@ -116,7 +106,7 @@ def check_rows(
         if spec.kind != "categorical" and _text_type(values.type):
             values = _numbers_from_text(spec.name, values, bad)
         elif spec.kind == "categorical" and not (
-            _text_type(values.type) or numeric_type(values.type)
+            _text_type(values.type) or numeric_arrow_type(values.type)
         ):
             raise SchemaError(  # a JSON Lines column of objects or lists, say
                 f"column '{spec.name}' holds values of type {values.type}; the model needs text "

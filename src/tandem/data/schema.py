@@ -28,6 +28,7 @@ __all__ = [
     "coerce_column",
     "infer_columns",
     "infer_task",
+    "numeric_arrow_type",
     "without_infinities",
 ]
 
@@ -171,16 +172,23 @@ def category_strings(values: Any, name: str = "categorical") -> np.ndarray:
     return np.fromiter((_canonical(v) for v in arr.ravel()), dtype=object, count=arr.size)
 
 
+def numeric_arrow_type(t: pa.DataType) -> bool:
+    """An Arrow type a numeric column may hold: integers, floats, booleans, decimals, or
+    nothing but nulls."""
+    return bool(
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_null(t)
+    )
+
+
 def _numbers(name: str, values: Any) -> np.ndarray:
     if isinstance(values, pa.ChunkedArray | pa.Array):
         if pa.types.is_null(values.type):
             return np.full(len(values), np.nan)
-        if not (
-            pa.types.is_integer(values.type)
-            or pa.types.is_floating(values.type)
-            or pa.types.is_boolean(values.type)
-            or pa.types.is_decimal(values.type)
-        ):
+        if not numeric_arrow_type(values.type):
             # text is refused rather than parsed, as for every other container
             raise SchemaError(
                 f"column '{name}' must hold numbers; got values of type {values.type}"

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from tandem.errors import TandemError, UsageError
+from tandem.inference.runtime import usable_cores
 
 __all__ = [
     "Batcher",
@@ -269,7 +269,7 @@ class Batcher:
         self._wait_scale = 1.0
         inline = self.config.inline_s
         self.inline_s: float = (
-            inline if inline is not None else (0.001 if _cores() == 1 else 0.0001)
+            inline if inline is not None else (0.001 if usable_cores() == 1 else 0.0001)
         )
 
     # -- facts for admission, metrics and tests ------------------------------------------------
@@ -563,13 +563,6 @@ class Batcher:
         """Stop at once: queued requests are left unanswered (use :meth:`drain` to finish them)."""
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _join(chunks: list[_Chunk]) -> Feed:
