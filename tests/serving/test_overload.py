@@ -12,7 +12,8 @@ understates the goodput ratio). Then it offers twice that open-loop for a few se
 request with ``timeout_ms`` in its body, while the test probes a 429 of its own; then it
 measures capacity once more. Capacity is the mean of the runs before and after: this
 machine's speed drifts by several per cent over seconds, and the overload run is judged
-against the capacity of the same stretch of time.
+against the capacity of the same stretch of time; a round whose two capacities differ by more
+than :data:`DRIFT` saw the machine change speed and is run again.
 
 Noise: the machine may be shared. Around each phase the test reads how much of the server's
 CPU went to other processes (``/proc/stat`` less the server's own ``/proc/PID/stat`` time); a
@@ -58,7 +59,7 @@ DEADLINE_MS = 500.0
 CAPACITY_S = 3.0  # per closed-loop run
 CAPACITY_CONNECTIONS = (8, 16)  # the first warms up; the last measures capacity
 OVERLOAD_S = 5.0  # open loop at twice the capacity
-ROUNDS = 2
+ROUNDS = 3
 #: client-side slack over the deadline for a 200: the request's transfer and parse before
 #: the server's clock starts, and the load generator's own scheduling delay (measured from
 #: when each request was due, not from when it went out)
@@ -66,6 +67,10 @@ SLACK_P99_MS = 50.0
 SLACK_MAX_MS = 100.0
 #: a round is disturbed when other processes took more than this share of the server's CPU
 INTERFERENCE = 0.10
+#: a round is disturbed when capacity before and after the overload differ by more than this
+#: share of their mean: the machine itself changed speed mid-round (measured up to 31 %), so
+#: the mean is no yardstick for the overload phase between them
+DRIFT = 0.15
 MEMORY_GROWTH_MB = 100.0
 
 
@@ -242,6 +247,8 @@ class Round:
                 f"other processes took {self.capacity_interference:.0%} / "
                 f"{self.overload_interference:.0%} of the server's CPU (capacity / overload)"
             )
+        if self.drift > DRIFT:
+            return f"capacity changed by {self.drift:.0%} between before and after the overload"
         if self.overload["send_rate"] < 0.95 * self.rate:
             return f"the load generator sent {self.overload['send_rate']} of {self.rate:.0f} req/s"
         return None
@@ -343,7 +350,7 @@ def test_under_twice_the_capacity_no_5xx_deadlines_kept_goodput_held_memory_boun
                 break
         rss_after = vmrss_mb(served.proc.pid)
         assert served.proc.poll() is None, served.log.read_text()
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 30 * ROUNDS
     assert rss_after < rss_ready + MEMORY_GROWTH_MB, (rss_ready, rss_after)
 
     clean = [r for r in rounds if r.disturbed is None]
