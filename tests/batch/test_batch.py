@@ -305,7 +305,7 @@ def test_usage_errors_before_work_leave_no_job_behind(models_home: Path, tmp_pat
                 BatchOptions([source], tmp_path / "o.parquet", resume=True, overwrite=True),
                 registry=reg,
             )
-        assert reg.runs("mixed") == []
+        assert reg.runs("mixed", phase="batch") == []
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["rows.parquet"]
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import tandem.registry
 from tandem.config import Settings
 from tandem.errors import NotFoundError, RegistryError, UsageError
-from tandem.registry import ModelRef, Registry, VersionRecord
+from tandem.registry import ModelRef, Registry, RunRecord, VersionRecord
 from tandem.registry import store as store_module
 from tandem.registry.store import SCHEMA_VERSION
 
@@ -92,6 +92,7 @@ def test_public_names() -> None:
         "ModelVersion",
         "Registry",
         "Run",
+        "RunRecord",
         "VersionRecord",
         "parse_ref",
         "validate_name",
@@ -508,8 +509,8 @@ def test_a_schema_1_registry_is_migrated_and_keeps_numbering(home: Path) -> None
         assert reg.register("m", writer()).version == 3
         assert sorted(v.version for v in reg.list_versions("m")) == [1, 2, 3]
         # and the table of schema 3 is there to record jobs in
-        reg.record_run("m", 3, "batch", wall_seconds=1.0, cpu_seconds=0.5, peak_rss_mb=100.0,
-                       rows=10)  # fmt: skip
+        reg.record_run("m", 3, RunRecord(phase="batch", wall_seconds=1.0, cpu_seconds=0.5,
+                                         peak_rss_mb=100.0, rows=10))  # fmt: skip
         assert [r.rows for r in reg.runs("m")] == [10]
     db = sqlite3.connect(home / "registry.db")
     assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
@@ -518,18 +519,25 @@ def test_a_schema_1_registry_is_migrated_and_keeps_numbering(home: Path) -> None
     db.close()
 
 
+def run(phase: str, rows: int, **details: Any) -> RunRecord:
+    return RunRecord(phase=phase, wall_seconds=2.0, cpu_seconds=3.0, peak_rss_mb=200.0, rows=rows,
+                     details=details.get("details", {}))  # fmt: skip
+
+
 def test_runs_are_recorded_against_their_version_and_go_with_it(home: Path) -> None:
     with Registry(Settings(home=home)) as reg:
         reg.register("m", writer())
-        reg.register("m", writer())
-        first = reg.record_run("m", 1, "batch", wall_seconds=2.0, cpu_seconds=3.0,
-                               peak_rss_mb=200.0, rows=1000, details={"output": "a.parquet"})  # fmt: skip
-        reg.record_run("m", 2, "batch", wall_seconds=1.0, cpu_seconds=1.0, peak_rss_mb=1.0, rows=5)
-        assert [(r.version, r.rows) for r in reg.runs("m")] == [(1, 1000), (2, 5)]
+        # the training run goes in with its version, in one transaction
+        reg.register("m", writer(runs=(run("train", 77, details={"epochs": [1, 2]}),)))
+        (trained,) = reg.runs("m", phase="train")
+        assert (trained.version, trained.rows, trained.details) == (2, 77, {"epochs": [1, 2]})
+        first = reg.record_run("m", 1, run("batch", 1000, details={"output": "a.parquet"}))
+        reg.record_run("m", 2, run("batch", 5))
+        assert [(r.version, r.rows) for r in reg.runs("m")] == [(2, 77), (1, 1000), (2, 5)]
         (again,) = reg.runs("m", 1, phase="batch")
         assert again == first and again.details == {"output": "a.parquet"}
         assert reg.runs("m", phase="serve") == []
         with pytest.raises(NotFoundError):
-            reg.record_run("m", 7, "batch", wall_seconds=1, cpu_seconds=1, peak_rss_mb=1, rows=1)
+            reg.record_run("m", 7, run("batch", 1))
         reg.delete_version("m", 1)
-        assert [r.version for r in reg.runs("m")] == [2]
+        assert [r.version for r in reg.runs("m")] == [2, 2]

@@ -30,8 +30,9 @@ from tandem.bundle import Bundle, load_bundle
 from tandem.data.readers import FORMATS
 from tandem.errors import ConfigError, DataError, UsageError
 from tandem.inference.predictor import Predictor
-from tandem.inference.runtime import usable_cores
+from tandem.ledger.hardware import usable_cores
 from tandem.ledger.meter import Meter, Profile
+from tandem.ledger.records import run_record
 from tandem.registry import ModelVersion, Registry
 
 __all__ = [
@@ -178,11 +179,10 @@ def run_batch(
             result = _run(plan, options, meter, on_progress)
         result.profile = meter.profile
         reg.record_run(
-            plan.version.name, plan.version.version, "batch",
-            wall_seconds=result.profile.wall_seconds, cpu_seconds=result.profile.cpu_seconds,
-            peak_rss_mb=result.profile.peak_rss_mb, rows=result.rows_in,
-            details=result.to_json(),
-        )  # fmt: skip
+            plan.version.name,
+            plan.version.version,
+            run_record("batch", result.profile, result.rows_in, result.to_json()),
+        )
         return result
     finally:
         if own:

@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 
 from tandem.batch.sources import Chunk
 from tandem.errors import ConfigError, DataError, TandemError
-from tandem.inference.runtime import usable_cores
+from tandem.ledger.hardware import usable_cores
 
 if TYPE_CHECKING:
     from tandem.batch.job import BatchOptions, Scored, Scorer, _Plan

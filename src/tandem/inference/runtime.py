@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import onnxruntime as ort
 
 from tandem.errors import BundleError, ConfigError
 
-__all__ = ["make_session", "usable_cores"]
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+__all__ = ["make_session"]
 
 
 def make_session(

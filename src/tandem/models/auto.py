@@ -24,13 +24,18 @@ from tandem.errors import TandemError, TrainingError
 from tandem.models import FAMILIES, Family, FitContext
 from tandem.training.metrics import PRIMARY, score
 
-__all__ = ["CV_FOLDS", "CV_MAX_ROWS", "Candidate", "fit_candidates", "rank_key"]
+__all__ = ["CV_FOLDS", "CV_MAX_ROWS", "Candidate", "OnFit", "fit_candidates", "rank_key"]
 
 log = logging.getLogger(__name__)
 
 #: training + validation rows up to which candidates are ranked by cross-validation
 CV_MAX_ROWS = 5000
 CV_FOLDS = 5
+
+
+#: ``on_fit(family, stage)`` is called as each fit starts ("fit", "cv 1/5", ...) and returns the
+#: epoch callback of that fit (see :attr:`FitContext.on_epoch`)
+OnFit = Callable[[str, str], Callable[[int, dict[str, float]], None]]
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,9 @@ def rank_key(task: Task) -> Callable[[Candidate], tuple[float, ...]]:
 
 
 def _cross_validate(
-    name: str, X: np.ndarray, y: np.ndarray, ctx: FitContext, k: int, params: Mapping[str, Any]
-) -> dict[str, float]:
+    name: str, X: np.ndarray, y: np.ndarray, ctx: FitContext, k: int, params: Mapping[str, Any],
+    on_fit: OnFit | None,
+) -> dict[str, float]:  # fmt: skip
     """Mean metrics of ``k`` fits, each scored on the fold it did not see (and used for its
     early stopping, as the validation split is for the final fit: the same for every family)."""
     folds = kfold_indices(
@@ -84,7 +90,8 @@ def _cross_validate(
         if scores and now > ctx.deadline:
             break  # out of time: the folds done so far still rank
         rest = np.concatenate([f for j, f in enumerate(folds) if j != i])
-        fold_ctx = replace(ctx, deadline=now + (ctx.deadline - now) / (k - i))
+        fold_ctx = replace(ctx, deadline=now + (ctx.deadline - now) / (k - i),
+                           on_epoch=on_fit(name, f"cv {i + 1}/{k}") if on_fit else None)  # fmt: skip
         family = FAMILIES[name](**params).fit(X[rest], y[rest], X[held], y[held], fold_ctx)
         scores.append(score(ctx.task, y[held], family.predict(X[held])))
     return {m: float(np.mean([s[m] for s in scores])) for m in scores[0]}
@@ -101,6 +108,7 @@ def fit_candidates(
     time_budget: float | None,
     on_start: Callable[[int, str], None],
     params: Mapping[str, Mapping[str, Any]] | None = None,
+    on_fit: OnFit | None = None,
 ) -> tuple[list[Candidate], dict[str, Family]]:
     """Fit each named family; returns the leaderboard (in ``names`` order) and the fitted models.
 
@@ -110,6 +118,7 @@ def fit_candidates(
             left (so a fast family leaves its time to the next); None for no limit.
         on_start: called with (index, name) before each candidate.
         params: constructor arguments per family name (e.g. ``{"mlp": {"hidden": 256}}``).
+        on_fit: told of each fit (final and cross-validation folds) as it starts.
     """
     started = time.monotonic()
     end = math.inf if time_budget is None else started + time_budget
@@ -133,12 +142,17 @@ def fit_candidates(
         ctx = replace(cv_ctx, deadline=final_deadline)
         try:
             kwargs = (params or {}).get(name, {})
+            fit_ctx = replace(ctx, on_epoch=on_fit(name, "fit") if on_fit else None)
             family = FAMILIES[name](**kwargs).fit(
-                X["train"], ys["train"], X["validation"], ys["validation"], ctx
+                X["train"], ys["train"], X["validation"], ys["validation"], fit_ctx
             )
             val = score(task, ys["validation"], family.predict(X["validation"]))
             test = score(task, ys["test"], family.predict(X["test"]))
-            cv = _cross_validate(name, X_pool, y_pool, cv_ctx, CV_FOLDS, kwargs) if use_cv else {}
+            cv = (
+                _cross_validate(name, X_pool, y_pool, cv_ctx, CV_FOLDS, kwargs, on_fit)
+                if use_cv
+                else {}
+            )
         except TandemError:
             raise
         except Exception as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,6 +35,13 @@ class FitContext:
     seed: int
     #: ``time.monotonic()`` value after which the family should stop improving and return
     deadline: float
+    #: told of each finished epoch (a pass over the data: an epoch, a boosting round, a fit
+    #: of a grid point) with its number from 1 and its losses, for the cost ledger
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+
+    def epoch_done(self, epoch: int, **losses: float) -> None:
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, losses)
 
     @property
     def time_left(self) -> float:

@@ -68,6 +68,8 @@ class GBDT(Family):
         self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, ctx: FitContext
     ) -> GBDT:
         def stop_at_deadline(env: Any) -> None:
+            # (data, metric, value, higher is better) of the validation set
+            ctx.epoch_done(env.iteration + 1, val_loss=float(env.evaluation_result_list[0][2]))
             if time.monotonic() > ctx.deadline and env.iteration > 0:
                 raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list)
 

@@ -25,7 +25,7 @@ class Linear(Family):
         self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, ctx: FitContext
     ) -> Linear:
         best: tuple[float, Any] | None = None
-        for c in self.grid:
+        for i, c in enumerate(self.grid):
             model: Any = (
                 LogisticRegression(C=c, max_iter=2000)
                 if ctx.task == "classification"
@@ -37,6 +37,7 @@ class Linear(Family):
                 loss = float(-np.mean(np.log(p[np.arange(len(y_val)), y_val])))
             else:
                 loss = float(np.mean((model.predict(X_val) - y_val) ** 2))
+            ctx.epoch_done(i + 1, val_loss=loss)
             if best is None or loss < best[0]:
                 best = (loss, model)
             if ctx.time_left <= 0:

@@ -83,6 +83,7 @@ class MLP(Family):
             config=self.config,
             seed=ctx.seed,
             deadline=ctx.deadline,
+            on_epoch=ctx.epoch_done,
         )
         self.scored_ = _Scored(net, ctx.task, mean, std).eval()
         self.task_ = ctx.task

@@ -6,7 +6,14 @@ Example:
 """
 
 from tandem.registry.refs import ModelRef, parse_ref, validate_name
-from tandem.registry.store import ModelSummary, ModelVersion, Registry, Run, VersionRecord
+from tandem.registry.store import (
+    ModelSummary,
+    ModelVersion,
+    Registry,
+    Run,
+    RunRecord,
+    VersionRecord,
+)
 
 __all__ = [
     "ModelRef",
@@ -14,6 +21,7 @@ __all__ = [
     "ModelVersion",
     "Registry",
     "Run",
+    "RunRecord",
     "VersionRecord",
     "parse_ref",
     "validate_name",

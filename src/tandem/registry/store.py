@@ -32,7 +32,9 @@ from tandem.config import Settings
 from tandem.errors import ConfigError, NotFoundError, RegistryError, UsageError
 from tandem.registry.refs import LATEST, ModelRef, parse_ref, validate_alias, validate_name
 
-__all__ = ["SCHEMA_VERSION", "ModelSummary", "ModelVersion", "Registry", "Run", "VersionRecord"]
+__all__ = [
+    "SCHEMA_VERSION", "ModelSummary", "ModelVersion", "Registry", "Run", "RunRecord", "VersionRecord",
+]  # fmt: skip
 
 #: version of the table layout, stored in the ``meta`` table for later migrations
 SCHEMA_VERSION = 3
@@ -82,8 +84,8 @@ _tags = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
     sa.ForeignKeyConstraint(["name", "version"], ["versions.name", "versions.version"]),
 )
-#: work done with a version (a batch job; later training runs and serving intervals), for the
-#: cost ledger: one row per job, never per request
+#: work done with a version, for the cost ledger: one row per training run, batch job or
+#: serving interval, never per request
 _runs = sa.Table(
     "runs",
     _metadata,
@@ -108,6 +110,19 @@ _meta = sa.Table(
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """One finished piece of work with a version: ``phase`` says which ("train", "serve",
+    "batch"); ``details`` is JSON (the ledger's per-epoch figures, energy, hardware...)."""
+
+    phase: str
+    wall_seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    rows: int
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class VersionRecord:
     """What the caller of :meth:`Registry.register` tells about the version it just wrote."""
@@ -120,6 +135,8 @@ class VersionRecord:
     parent_version: int | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    #: work recorded with the version in the same transaction (its training run)
+    runs: tuple[RunRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -305,12 +322,14 @@ class Registry:
                     "created_at": datetime.now(UTC),
                     "metrics": json.dumps(record.metrics),
                 }
-                del row["tags"]
+                del row["tags"], row["runs"]
                 placed = self._place(conn, staging, row["path"])
                 conn.execute(insert(_versions).values(row))
                 if record.tags:
                     keys = [{"key": k, "value": v} for k, v in record.tags.items()]
                     conn.execute(insert(_tags).values(name=name, version=version), keys)
+                for run in record.runs:
+                    _insert_run(conn, name, version, run)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             if placed is not None:
@@ -443,31 +462,17 @@ class Registry:
             raise
         shutil.rmtree(trash, ignore_errors=True)
 
-    def record_run(
-        self,
-        name: str,
-        version: int,
-        phase: str,
-        *,
-        wall_seconds: float,
-        cpu_seconds: float,
-        peak_rss_mb: float,
-        rows: int,
-        details: Mapping[str, Any] | None = None,
-    ) -> Run:
-        """Record one finished job of ``name:version`` (``phase`` says which kind: "batch")."""
-        run = Run(
-            id=0, name=name, version=version, phase=phase, finished_at=datetime.now(UTC),
-            wall_seconds=wall_seconds, cpu_seconds=cpu_seconds, peak_rss_mb=peak_rss_mb,
-            rows=rows, details=dict(details or {}),
-        )  # fmt: skip
-        row = asdict(run) | {"details": json.dumps(run.details, default=str)}
-        del row["id"]
+    def record_run(self, name: str, version: int, record: RunRecord) -> Run:
+        """Record one finished piece of work of ``name:version``."""
+        (run,) = self.record_runs([(name, version, record)])
+        return run
+
+    def record_runs(self, records: Sequence[tuple[str, int, RunRecord]]) -> list[Run]:
+        """Record several pieces of work (name, version, record) in one transaction: all or none."""
         with self._tx(write=True) as conn:
-            self._require_version(conn, name, version)
-            inserted = conn.execute(insert(_runs).values(row)).inserted_primary_key
-        assert inserted is not None
-        return dataclasses.replace(run, id=int(inserted[0]))
+            for name, version, _ in records:
+                self._require_version(conn, name, version)
+            return [_insert_run(conn, name, version, record) for name, version, record in records]
 
     def runs(self, name: str, version: int | None = None, *, phase: str | None = None) -> list[Run]:
         """The recorded jobs of ``name`` (of one ``version``, of one ``phase``), oldest first."""
@@ -594,6 +599,16 @@ def _at(table: sa.Table, name: str, version: int | None = None) -> list[sa.Colum
     """WHERE terms selecting the rows of model ``name`` (and ``version``) in ``table``."""
     terms = [table.c.name == name]
     return terms if version is None else [*terms, table.c.version == version]
+
+
+def _insert_run(conn: Connection, name: str, version: int, record: RunRecord) -> Run:
+    run = Run(id=0, name=name, version=version, finished_at=datetime.now(UTC),
+              **asdict(record) | {"details": dict(record.details)})  # fmt: skip
+    row = asdict(run) | {"details": json.dumps(run.details, default=str)}
+    del row["id"]
+    inserted = conn.execute(insert(_runs).values(row)).inserted_primary_key
+    assert inserted is not None
+    return dataclasses.replace(run, id=int(inserted[0]))
 
 
 def _next_version(conn: Connection, name: str) -> int:

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from tandem.errors import TandemError, UsageError
-from tandem.inference.runtime import usable_cores
+from tandem.ledger.hardware import usable_cores
 
 __all__ = [
     "Batcher",

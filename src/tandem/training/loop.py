@@ -68,6 +68,7 @@ def fit_torch(
     config: LoopConfig,
     seed: int,
     deadline: float,
+    on_epoch: Callable[..., None] | None = None,
 ) -> list[EpochRecord]:
     """Train ``module`` in place and leave it holding the weights of its best validation epoch.
 
@@ -78,6 +79,7 @@ def fit_torch(
         config: loop settings.
         seed: seeds weight order of batches; the same seed gives the same weights.
         deadline: ``time.monotonic()`` after which no new epoch starts.
+        on_epoch: called after each epoch as ``on_epoch(epoch, train_loss=..., val_loss=...)``.
 
     Returns:
         One record per epoch run.
@@ -118,6 +120,8 @@ def fit_torch(
                 time.monotonic() - started,
             )
         )
+        if on_epoch is not None:
+            on_epoch(epoch + 1, train_loss=history[-1].train_loss, val_loss=val_loss)
         if val_loss < best_loss - 1e-6:
             best_loss, best_state, since_best = val_loss, copy.deepcopy(module.state_dict()), 0
         else:

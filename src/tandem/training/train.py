@@ -34,6 +34,7 @@ from tandem.errors import ConfigError, DataError, TrainingError
 from tandem.features.preprocess import Preprocessor
 from tandem.inference.runtime import make_session
 from tandem.ledger.meter import Meter, Profile
+from tandem.ledger.records import EpochLog, run_record
 from tandem.models import FAMILIES, Family
 from tandem.models.auto import Candidate, fit_candidates, rank_key
 from tandem.registry import ModelVersion, Registry, VersionRecord, validate_name
@@ -283,6 +284,7 @@ def train(
     family_params = _check_params(model, params)
     total = len(names) + 3
     with Meter() as meter:
+        epochs = EpochLog(meter)
         _notify(on_progress, ProgressEvent(0, total, "reading data"))
         table, source = _as_table(data)
         prep = _prepare(table, target, task, ignore)
@@ -297,7 +299,7 @@ def train(
         leaderboard, fitted = fit_candidates(
             names, X, ys, task=prep.task, n_classes=len(prep.classes), seed=seed, time_budget=time_budget,
             on_start=lambda i, fam: _notify(on_progress, ProgressEvent(i + 1, total, f"training {fam}")),
-            params=family_params,
+            params=family_params, on_fit=epochs.fit,
         )  # fmt: skip
         _notify(on_progress, ProgressEvent(total - 2, total, "freezing and verifying"))
         leaderboard, best, graph, parity = _freeze_best(
@@ -335,6 +337,11 @@ def train(
         family=best.family, target=target, inputs=tuple(pre.columns), classes=tuple(prep.classes), details=details,
     )  # fmt: skip
 
+    run = run_record("train", profile, sum(rows.values()), {
+        "family": best.family, "rows": rows, "features": len(pre.columns),
+        "seconds_by_family": {c.family: c.seconds for c in leaderboard}, "epochs": epochs.fits,
+    })  # fmt: skip
+
     def write(directory: Path, version: int) -> VersionRecord:
         digest = write_bundle(directory, replace(manifest, version=version), graph)
         return VersionRecord(
@@ -343,6 +350,7 @@ def train(
             family=best.family,
             metrics=best.test,
             data_fingerprint=prep.fingerprint,
+            runs=(run,),
         )
 
     _notify(on_progress, ProgressEvent(total - 1, total, "registering"))
