@@ -25,6 +25,7 @@ from tandem.serving.app import App
 from tandem.serving.batcher import BatcherConfig
 from tandem.serving.http import HttpServer
 from tandem.serving.models import ServedModel
+from tandem.serving.usage import UsageRecorder
 
 __all__ = ["ServeOptions", "Server", "serve"]
 
@@ -43,6 +44,8 @@ class ServeOptions:
         threads: ONNX Runtime intra-op threads per model.
         poll_s: how often followed references (``@alias``, bare names) are re-read; 0: never.
         max_body: request body limit in bytes (413 above it).
+        ledger_interval_s: how often what the server did is recorded in the registry for the
+            cost ledger (one record per model per interval); 0: not recorded.
     """
 
     host: str = "127.0.0.1"
@@ -52,8 +55,13 @@ class ServeOptions:
     threads: int | None = 1
     poll_s: float = 1.0
     max_body: int = 16 * 2**20
+    ledger_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.ledger_interval_s < 0:
+            raise ConfigError(
+                f"the ledger interval must be >= 0 seconds (0: off); got {self.ledger_interval_s}"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535; got {self.port}")
         if self.poll_s < 0:
@@ -64,6 +72,10 @@ class ServeOptions:
 
 class Server:
     """A running server inside an event loop (the CLI's ``serve`` wraps it).
+
+    Unless ``options.ledger_interval_s`` is 0, what it does is recorded in ``registry`` for the
+    cost ledger (:mod:`tandem.serving.usage`); ``whole_process`` says the process exists to
+    serve, so that its start-up record counts from the process's start.
 
     Example:
         >>> async def main() -> None:  # doctest: +SKIP
@@ -80,6 +92,7 @@ class Server:
         options: ServeOptions | None = None,
         *,
         registry: Registry | None = None,
+        whole_process: bool = False,
     ) -> None:
         if not refs:
             raise UsageError("name at least one model to serve, e.g. tandem serve rain@champion")
@@ -101,6 +114,8 @@ class Server:
         self.started = process_started() or time.monotonic()
         self.ready_after_s: float | None = None
         self.loading: asyncio.Task[None] | None = None
+        self.usage: UsageRecorder | None = None
+        self._whole_process = whole_process
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, *, bind: bool = True) -> None:
@@ -108,6 +123,14 @@ class Server:
         loading (see :attr:`ready`)."""
         loop = asyncio.get_running_loop()
         versions = [await loop.run_in_executor(None, m.resolve) for m in self.models]
+        if self.options.ledger_interval_s > 0:
+            self.usage = UsageRecorder(
+                self.models, self.app.metrics, self.registry,
+                interval_s=self.options.ledger_interval_s,
+                settings={"threads": self.options.threads, "port": self.options.port,
+                          "max_batch": self.options.batching.max_batch},
+                whole_process=self._whole_process,
+            )  # fmt: skip
         if bind:
             try:
                 self.port = await self.http.start(self.options.host, self.options.port)
@@ -127,8 +150,15 @@ class Server:
         self.app.ready = True
         self.ready_after_s = time.monotonic() - self.started
         self.ready.set()
+        if self.usage is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._record(self.usage)))
         if self.options.poll_s > 0 and any(m.follows for m in self.models):
             self._tasks.append(asyncio.get_running_loop().create_task(self._follow()))
+
+    @staticmethod
+    async def _record(usage: UsageRecorder) -> None:
+        await usage.flush_soon("startup")  # loading and warming, before any request
+        await usage.run()
 
     async def _follow(self) -> None:
         # a query costs ~1 ms of Python in a thread, which contends for the GIL with the
@@ -156,6 +186,8 @@ class Server:
         for task in self._tasks:
             task.cancel()
         await self.http.close(grace)
+        if self.usage is not None and self.app.ready:
+            await self.usage.flush_soon()  # the last, partial interval
         for m in self.models:
             if m.runner is not None:
                 m.runner.batcher.close()
@@ -182,7 +214,7 @@ def serve(
 async def _main(
     refs: Sequence[str], options: ServeOptions | None, on_ready: Callable[[Server], None] | None
 ) -> None:
-    server = Server(refs, options)
+    server = Server(refs, options, whole_process=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
