@@ -480,6 +480,10 @@ def serve(
     poll_s: Annotated[
         float, typer.Option(help="Seconds between re-reading followed aliases (0: never).")
     ] = 1.0,
+    ledger_interval: Annotated[
+        float,
+        typer.Option(help="Seconds between usage records for `tandem report` (0: none)."),
+    ] = 60.0,
 ) -> None:
     """Serve models over HTTP: Open Inference Protocol v2 and MLflow /invocations."""
     import logging
@@ -496,7 +500,7 @@ def serve(
             )
     options = ServeOptions(
         host=host, port=port, api_key=api_key, threads=threads, poll_s=poll_s,
-        max_body=int(max_body_mb * 2**20),
+        max_body=int(max_body_mb * 2**20), ledger_interval_s=ledger_interval,
         batching=BatcherConfig(timeout_s=timeout_ms / 1e3, max_batch=max_batch),
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -513,27 +517,111 @@ def serve(
 
 
 @app.command()
+def report(
+    ref: Annotated[
+        str,
+        typer.Argument(help="The model: NAME (its newest version), NAME:VERSION or NAME@ALIAS."),
+    ],
+    requests_per_day: Annotated[
+        float | None,
+        typer.Option(help="Requests a day to project (default: the rate observed while served)."),
+    ] = None,
+    months: Annotated[float, typer.Option(help="Months to project over.")] = 12.0,
+    retrain_every: Annotated[
+        float | None, typer.Option(help="Days between retrains (default 30; 0: never).")
+    ] = 30.0,
+    html: Annotated[
+        Path | None, typer.Option(help="Also write the report, with its charts, to this HTML file.")
+    ] = None,
+    prices: Annotated[
+        Path | None,
+        typer.Option(
+            help="Price table (TOML) over the defaults (else TANDEM_PRICES, else $TANDEM_HOME/prices.toml)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What this model's training and inference cost, measured, and over its lifetime."""
+    from tandem.ledger.cost import PriceTable
+    from tandem.ledger.report import build_report
+
+    table = PriceTable.load(prices)
+    with Registry() as reg:
+        result = build_report(
+            reg, ref, table, requests_per_day=requests_per_day, months=months,
+            retrain_every=retrain_every or None,
+        )  # fmt: skip
+    _render_report(result, as_json=as_json, html=html)
+
+
+def _write_report_html(result: Any, html: Path) -> None:
+    from tandem.ledger.html import render_html, write_html
+    from tandem.ledger.report import projection_rows, table_rows
+
+    write_html(html, render_html(result, table_rows(result), projection_rows(result)))
+
+
+def _render_report(result: Any, *, as_json: bool, html: Path | None) -> None:
+    from tandem.ledger.report import projection_rows, table_rows
+
+    rows, projected = table_rows(result), projection_rows(result)
+    if html is not None:
+        _write_report_html(result, html)
+    if as_json:
+        _print_json(result.to_json() | ({"html": str(html)} if html else {}))
+        return
+    for title, content in (
+        (f"training vs inference, measured — {result.name}:{result.version}", rows),
+        ("lifetime projection", projected),
+    ):
+        if len(content) < 2:
+            continue
+        shown = Table(title=title, show_lines=True)
+        for col in content[0]:
+            shown.add_column(col)
+        for row in content[1:]:
+            shown.add_row(*row)
+        out.print(shown)
+    for note in result.notes:
+        err.print(f"note: {note}", highlight=False)
+    if html is not None:
+        err.print(f"wrote {html}", highlight=False)
+
+
+@app.command()
 def demo(
     time_budget: Annotated[
         float, typer.Option(help="Seconds of fitting for the auto search.")
     ] = 30.0,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the HTML report (default: $TANDEM_HOME/reports/rain.html)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train on old weather, predict new weather, and compare the two phases."""
+    """Train on old weather, predict new weather, and report what each phase costs."""
+    from tandem.config import Settings
     from tandem.demo import run_demo
 
+    if html is None:
+        html = Settings.from_env().home / "reports" / "rain.html"
+        html.parent.mkdir(parents=True, exist_ok=True)
     with _progress(not as_json) as update:
         result = run_demo(time_budget=time_budget, on_progress=update)
     if as_json:
-        _print_json(result.to_json())
+        _write_report_html(result.report, html)
+        _print_json(result.to_json() | {"html": str(html)})
         return
     out.print(_leaderboard(result.training))
-    table = Table(title=f"training vs inference — {result.training.version.ref}")
+    table = Table(title=f"the demo's stages — {result.training.version.ref}")
     for col in ("", "training", "inference"):
         table.add_column(col)
     for row in result.table():
         table.add_row(*row)
     out.print(table)
+    _render_report(result.report, as_json=False, html=html)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,8 @@ Daily weather (will it rain tomorrow?): train ``auto`` on the older years, regis
 promote the winner, then predict the newer years from the registry, in bulk, row by row in
 process, and over HTTP from a real ``tandem serve`` process, and put what training cost
 beside what inference costs; then score the newer years again as a batch job over a
-Parquet file (``tandem batch``).
+Parquet file (``tandem batch``); and end with ``tandem report``: the ledger's measured
+training-vs-inference table and the lifetime projection, also written as an HTML page.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tandem.data.demo import rainfall
 from tandem.inference import load
+from tandem.ledger.cost import PriceTable
 from tandem.ledger.meter import Meter, Profile, process_cpu_seconds
+from tandem.ledger.report import Report, build_report
 from tandem.registry import Registry
 from tandem.training.train import ProgressEvent, TrainResult, train
 
@@ -37,6 +41,8 @@ SINGLE_ROW_CALLS = 500
 #: the real-time stage: one-row requests from this many keep-alive clients
 REALTIME_REQUESTS = 3000
 REALTIME_CLIENTS = 8
+#: the report's projection: a small production service
+REQUESTS_PER_DAY = 100_000
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class DemoResult:
     single_row_cpu_us: float
     realtime: RealtimeStats
     batch: BatchStats
+    report: Report
 
     def table(self) -> list[tuple[str, str, str]]:
         """The training-vs-inference rows: (what, training, inference)."""
@@ -163,6 +170,7 @@ class DemoResult:
                 "realtime": self.realtime.to_json(),
                 "batch": self.batch.to_json(),
             },
+            "report": self.report.to_json(),
         }
 
 
@@ -215,6 +223,9 @@ def run_demo(
         settings.home, settings.registry, features, out.column("label").to_pylist()
     )
     batch = _batch(settings, newer.drop_columns(["rain"]), out.column("label").to_pylist())
+    with Registry(settings) as reg:
+        report = build_report(reg, result.version.ref, PriceTable.load(settings=settings),
+                              requests_per_day=REQUESTS_PER_DAY)  # fmt: skip
     return DemoResult(
         training=result,
         inference_rows=newer.num_rows,
@@ -226,13 +237,13 @@ def run_demo(
         single_row_cpu_us=single_meter.profile.cpu_seconds / len(rows) * 1e6,
         realtime=realtime,
         batch=batch,
+        report=report,
     )
 
 
 def _batch(settings: Any, rows: Any, labels: list[Any]) -> BatchStats:
     """Score ``rows`` again as ``tandem batch`` does: Parquet in, Parquet out, keeping the day."""
     import tempfile
-    from pathlib import Path
 
     import pyarrow.parquet as pq
 
@@ -262,7 +273,7 @@ def _realtime(
     if registry_url:
         env["TANDEM_REGISTRY"] = registry_url
     command = [sys.executable, "-c", "from tandem.cli import main; main()", "serve",
-               f"{NAME}@champion", "--port", "0", "--poll-s", "0"]  # fmt: skip
+               f"{NAME}@champion", "--port", "0", "--poll-s", "0", "--ledger-interval", "1"]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.Popen(
         command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True

@@ -39,6 +39,13 @@ def test_demo_trains_registers_predicts_and_compares_phases(home: Path) -> None:
     batch = inference["batch"]  # the same later days, as a tandem batch job over a file
     assert batch["rows"] == inference["rows"] and batch["mismatches"] == 0
     assert batch["rows_per_s"] > 0 and batch["cpu_seconds"] > 0
+    # it ends with the ledger's report of the same model, and its HTML page
+    ledger = report["report"]
+    assert ledger["training"]["per_run"]["cpu_seconds"] > 0
+    assert ledger["serving"]["requests"] == 3000 and ledger["batch"]["rows"] == inference["rows"]
+    assert ledger["projection"]["requests_per_day"] == 100_000
+    page = Path(report["html"]).read_text()
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 2
     again = subprocess.run(
         [*TANDEM, "models", "show", "rain@champion", "--json"],
         capture_output=True,
