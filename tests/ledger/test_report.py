@@ -192,7 +192,9 @@ def training(money: float) -> TrainingFigures:
     )  # fmt: skip
 
 
-def serving(cpu_per_request: float, idle: float = 0.0) -> ServingFigures:
+def serving(
+    cpu_per_request: float, idle: float = 0.0, curve: list[tuple[float, float]] | None = None
+) -> ServingFigures:
     from tandem.ledger.report import PhaseCost
 
     nan = PhaseCost(math.nan, math.nan, math.nan, math.nan, "")
@@ -200,6 +202,7 @@ def serving(cpu_per_request: float, idle: float = 0.0) -> ServingFigures:
         intervals=1, servers=1, wall_seconds=1, requests=1, ok=1, predictions=1,
         latency_p50_s=None, latency_p99_s=None, cpu_seconds=1, startup_cpu_seconds=0,
         idle_cpu_per_s=idle, cpu_per_request=cpu_per_request, requests_per_day_observed=1,
+        rate_curve=curve or [],
         peak_rss_mb=0.0, joules_per_cpu_s=None, per_1k=nan, per_1k_requests=nan, hardware="cpu",
     )  # fmt: skip
 
@@ -217,6 +220,17 @@ def test_projection_finds_the_day_inference_overtakes_training(tmp_path: Path) -
                     retrain_every=7, prices=prices)  # fmt: skip
     assert never.crossover_day is None and never.days[-1] == 30 and never.retrains == 30 // 7
     assert never.training_money[-1] == pytest.approx((1 + never.retrains) * 1e9)
+
+
+def test_the_cost_per_request_is_read_at_the_projected_rate() -> None:
+    from tandem.ledger.report import cpu_per_request_at
+
+    s = serving(0.0008, curve=[(100.0, 0.001), (1000.0, 0.0005)])
+    assert cpu_per_request_at(s, 10**2.5) == (pytest.approx(0.00075), True)
+    assert cpu_per_request_at(s, 120.0)[1] and cpu_per_request_at(s, 1400.0)[1]
+    # beyond the measured rates: the nearest, flagged
+    assert cpu_per_request_at(s, 1.0) == (0.001, False)
+    assert cpu_per_request_at(s, 10_000.0) == (0.0005, False)
 
 
 @given(

@@ -87,6 +87,10 @@ class ServingFigures:
     #: fitted CPU model: cpu = idle_cpu_per_s × wall + cpu_per_request × requests
     idle_cpu_per_s: float
     cpu_per_request: float
+    #: (requests/s, CPU seconds per request beyond idling) measured at each rate seen, by
+    #: rate: batching makes a request cheaper as the rate grows (measured: 0.96 ms at 200
+    #: req/s, 0.64 ms at 500), so a projection reads the cost at its own rate
+    rate_curve: list[tuple[float, float]]
     requests_per_day_observed: float
     peak_rss_mb: float
     #: measured by a counter, else None (and energy is estimated from CPU time)
@@ -127,6 +131,9 @@ class Projection:
     #: within the horizon)
     crossover_day: int | None
     inference_share: float
+    #: False when the projected rate is outside the rates the server was measured at (the
+    #: cost per request of the nearest measured rate is used then)
+    within_measured_rates: bool = True
 
     @property
     def total_money(self) -> float:
@@ -193,6 +200,13 @@ def build_report(
             training, serving, requests_per_day=requests_per_day, months=months,
             retrain_every=retrain_every, prices=prices, requests_source=source,
         )  # fmt: skip
+        if not projection.within_measured_rates:
+            seen = ", ".join(f"{r:,.1f}" for r, _ in serving.rate_curve)
+            notes.append(
+                f"the projection's {requests_per_day / 86400:,.2f} requests/s is outside the "
+                f"rates {version.ref} was measured at ({seen} requests/s); the cost per request "
+                "of the nearest is used: serve it at that rate for a while to measure it"
+            )
     else:
         notes.append("no projection: it needs both a training record and serving records")
     return Report(
@@ -301,6 +315,39 @@ def _fit_cpu(intervals: Sequence[Run]) -> tuple[float, float]:
     return idle, max(0.0, per)
 
 
+def _rate_curve(intervals: Sequence[Run], idle: float) -> list[tuple[float, float]]:
+    """CPU per request beyond idling, by request rate: busy intervals grouped into bins a
+    factor of 1.5 wide in rate, each bin's figure weighted by its requests."""
+    bins: dict[int, list[float]] = {}
+    for r in intervals:
+        n = float(r.details.get("requests", 0))
+        if n <= 0 or r.wall_seconds <= 0:
+            continue
+        rate = n / r.wall_seconds
+        b = bins.setdefault(math.floor(math.log(rate, 1.5)), [0.0, 0.0, 0.0])
+        b[0] += n
+        b[1] += r.wall_seconds
+        b[2] += max(0.0, r.cpu_seconds - idle * r.wall_seconds)
+    return [(n / wall, cpu / n) for _, (n, wall, cpu) in sorted(bins.items())]
+
+
+def cpu_per_request_at(serving: ServingFigures, rate: float) -> tuple[float, bool]:
+    """CPU seconds per request at ``rate`` requests/s, interpolated on log(rate) between the
+    measured rates; and whether ``rate`` lies within them (outside, the nearest is used)."""
+    curve = serving.rate_curve
+    if not curve:
+        return serving.cpu_per_request, False
+    rates = [r for r, _ in curve]
+    inside = rates[0] / 1.5 <= rate <= rates[-1] * 1.5
+    if rate <= rates[0] or len(curve) == 1:
+        return curve[0][1] if rate <= rates[0] else curve[-1][1], inside
+    if rate >= rates[-1]:
+        return curve[-1][1], inside
+    x = math.log(rate)
+    per = float(np.interp(x, [math.log(r) for r in rates], [c for _, c in curve]))
+    return per, inside
+
+
 def _serving(runs: Sequence[Run], prices: PriceTable) -> ServingFigures | None:
     intervals = [r for r in runs if r.details.get("kind") == "interval"]
     startups = [r for r in runs if r.details.get("kind") == "startup"]
@@ -323,7 +370,7 @@ def _serving(runs: Sequence[Run], prices: PriceTable) -> ServingFigures | None:
         latency_p99_s=histogram_quantile(0.99, le, list(merged)) if latency else None,
         cpu_seconds=total.cpu_seconds,
         startup_cpu_seconds=median(r.cpu_seconds for r in startups) if startups else 0.0,
-        idle_cpu_per_s=idle, cpu_per_request=per_request,
+        idle_cpu_per_s=idle, cpu_per_request=per_request, rate_curve=_rate_curve(intervals, idle),
         requests_per_day_observed=requests / wall * 86400 if wall else 0.0,
         peak_rss_mb=total.peak_rss_mb,
         joules_per_cpu_s=(
@@ -355,7 +402,8 @@ def _batch(runs: Sequence[Run], prices: PriceTable) -> BatchFigures | None:
 
 def serving_profile(serving: ServingFigures, *, seconds: float, requests: float) -> Profile:
     """The profile the fitted model predicts for a server up ``seconds`` answering ``requests``."""
-    cpu = serving.idle_cpu_per_s * seconds + serving.cpu_per_request * requests
+    per, _ = cpu_per_request_at(serving, requests / seconds if seconds else 0.0)
+    cpu = serving.idle_cpu_per_s * seconds + per * requests
     j = serving.joules_per_cpu_s
     return Profile(seconds, cpu, serving.peak_rss_mb, cpu_energy_j=None if j is None else j * cpu)
 
@@ -381,6 +429,7 @@ def project(
     inference_money = [d * per_day.money for d in days]
     inference_carbon = [d * per_day.carbon_g for d in days]
     crossover = next((d for d in days[1:] if inference_money[d] >= training_money[d]), None)
+    _, inside = cpu_per_request_at(serving, requests_per_day / 86400)
     total = training_money[-1] + inference_money[-1]
     return Projection(
         requests_per_day=requests_per_day, requests_source=requests_source, months=months,
@@ -391,6 +440,7 @@ def project(
         inference_energy_j=horizon * per_day.energy_j,
         retrains=runs_by[-1] - 1, crossover_day=crossover,
         inference_share=inference_money[-1] / total if total else math.nan,
+        within_measured_rates=inside,
     )  # fmt: skip
 
 
