@@ -267,6 +267,14 @@ def test_the_cpu_fit_recovers_idle_and_per_request_cost(
     assert got_idle == pytest.approx(idle, abs=1e-9)
     if sum(requests):
         assert got_per == pytest.approx(per, rel=1e-6)
+    # without a quiet interval, nothing is guessed to be idling: all of it is per request
+    busy = [r for r in runs if r.rows]
+    if busy:
+        no_idle, all_per = _fit_cpu(busy)
+        assert no_idle == 0
+        assert all_per * sum(r.rows for r in busy) == pytest.approx(
+            sum(r.cpu_seconds for r in busy)
+        )
 
 
 def test_run_records_are_all_or_nothing(tmp_path: Path) -> None:
