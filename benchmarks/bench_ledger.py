@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -69,12 +68,11 @@ def fit_overhead(rounds: int) -> list[dict[str, Any]]:
         laps = 0
         for r in range(rounds):
             for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
-                ctx = FitContext(task="classification", n_classes=2, seed=0, deadline=float("inf"))
                 with Meter() as m:
-                    if mode == "on":
-                        log = EpochLog(m)
-                        ctx = FitContext(task="classification", n_classes=2, seed=0,
-                                         deadline=float("inf"), on_epoch=log.fit(name, "fit"))  # fmt: skip
+                    log = EpochLog(m)
+                    ctx = FitContext(task="classification", n_classes=2, seed=0,
+                                     deadline=float("inf"),
+                                     on_epoch=log.fit(name, "fit") if mode == "on" else None)  # fmt: skip
                     started = time.perf_counter()
                     make().fit(X[4000:], y[4000:], Xv, yv, ctx)
                     times[mode].append(time.perf_counter() - started)
@@ -158,6 +156,7 @@ def serving_projection(
     from tandem import Registry, Settings
     from tandem.ledger.cost import PriceTable, cost_of
     from tandem.ledger.report import _serving, _total, serving_profile
+    from tandem.serving.loadtest import announced_port
 
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, load_cpu = (str(cpus[0]), str(cpus[1])) if len(cpus) > 1 else (None, None)
@@ -175,7 +174,7 @@ def serving_projection(
         )  # fmt: skip
         windows = []
         try:
-            port = _ready_port(proc)
+            port = announced_port(proc)
             body = home / "body.json"
             row = _table(1).drop_columns(["y"]).to_pylist()[0]
             body.write_text(json.dumps({"dataframe_records": [row]}))
@@ -218,18 +217,6 @@ def serving_projection(
             "error": p_cost.money / m_cost.money - 1,
         })  # fmt: skip
     return results
-
-
-def _ready_port(proc: subprocess.Popen[str]) -> int:
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        found = re.search(r"on http://127\.0\.0\.1:(\d+) \(ready", line)
-        if found:
-            import threading
-
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return int(found.group(1))
-    raise RuntimeError("tandem serve did not start")
 
 
 def _load(url: str, body: Path, rate: float, seconds: float, cpu: str | None) -> dict[str, Any]:

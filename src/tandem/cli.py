@@ -10,14 +10,20 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from tandem.errors import TandemError, UsageError
@@ -46,24 +52,30 @@ def _print_json(obj: Any) -> None:
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
+def _bar(enabled: bool, columns: list[Any], start: Callable[[Progress], Any]) -> Iterator[Any]:
+    """A transient progress bar on stderr (nothing when not ``enabled``); yields what
+    ``start(bar)`` returns: the callback that moves it."""
     if not enabled:
         yield None
         return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with Progress(*columns, console=err, transient=True) as bar:
+        yield start(bar)
+
+
+def _progress(enabled: bool) -> AbstractContextManager[Any]:
+    """A bar over the steps of a training run."""
+
+    def start(bar: Progress) -> Callable[[Any], None]:
         task = bar.add_task("starting", total=1)
 
         def update(event: Any) -> None:
             bar.update(task, total=event.total, completed=event.step, description=event.message)
 
-        yield update
+        return update
+
+    columns = [TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()]  # fmt: skip
+    return _bar(enabled, columns, start)
 
 
 def _leaderboard(result: Any) -> Table:
@@ -428,26 +440,10 @@ def batch(
     out.print("; ".join(notes), highlight=False)
 
 
-@contextmanager
-def _batch_progress(enabled: bool) -> Iterator[Any]:
+def _batch_progress(enabled: bool) -> AbstractContextManager[Any]:
     """A bar over the input read, with rows, rows/s and the time left."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import TimeRemainingColumn
 
-    with Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TextColumn("{task.fields[rows]:,} rows"),
-        TextColumn("{task.fields[rate]:,.0f} rows/s"),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    def start(bar: Progress) -> Callable[[Any], None]:
         task = bar.add_task("scoring", total=1.0, rows=0, rate=0.0)
         started = time.perf_counter()
 
@@ -455,7 +451,14 @@ def _batch_progress(enabled: bool) -> Iterator[Any]:
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.update(task, completed=event.done, rows=event.rows, rate=event.new / elapsed)
 
-        yield update
+        return update
+
+    columns = [
+        TextColumn("scoring"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[rows]:,} rows"), TextColumn("{task.fields[rate]:,.0f} rows/s"),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+    ]  # fmt: skip
+    return _bar(enabled, columns, start)
 
 
 @app.command()

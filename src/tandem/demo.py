@@ -11,12 +11,10 @@ training-vs-inference table and the lifetime projection, also written as an HTML
 from __future__ import annotations
 
 import os
-import re
 import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -267,7 +265,7 @@ def _realtime(
     """Serve the champion from a real ``tandem serve`` process and load it over HTTP."""
     import orjson
 
-    from tandem.serving.loadtest import closed_loop
+    from tandem.serving.loadtest import announced_port, closed_loop
 
     env = {**os.environ, "TANDEM_HOME": str(home)}
     if registry_url:
@@ -279,7 +277,7 @@ def _realtime(
         command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     )
     try:
-        port = _port_when_ready(proc)
+        port = announced_port(proc)
         ready_s = time.monotonic() - started
         n = min(REALTIME_REQUESTS, features.num_rows)
         rows = features.slice(0, n).to_pylist()
@@ -313,21 +311,3 @@ def _realtime(
         mismatches=sum(a != b for a, b in zip(served, labels[:n], strict=True)),
         ready_s=ready_s,
     )
-
-
-def _port_when_ready(proc: subprocess.Popen[str], timeout: float = 60) -> int:
-    """The port `tandem serve` announces on stderr once it is ready."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        found = re.search(r"on http://127\.0\.0\.1:(\d+) \(ready", line)
-        if found:
-            # keep reading what the server logs, so that a full pipe never blocks it
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return int(found.group(1))
-    raise RuntimeError("tandem serve did not become ready: " + "".join(seen[-5:]).strip())

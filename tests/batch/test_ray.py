@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import TANDEM, cli_env, mixed_table
+from tests.helpers import TANDEM, cli_env, free_port, mixed_table
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (a dev dependency)")
@@ -30,12 +30,6 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (a dev d
 #: a throw-away cluster on 127.0.0.1: no token to hand around (Ray 2.5x turns on token
 #: authentication by default for clusters started with ``ray start``)
 RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -31,8 +31,8 @@ from tandem.ledger.report import (
 )
 from tandem.registry import RunRecord
 from tandem.serving.loadtest import closed_loop
-from tests.helpers import TANDEM, cli_env, finish, numeric_table
-from tests.serving.test_app import free_port, wait_until_ready
+from tests.helpers import TANDEM, cli_env, finish, free_port, numeric_table
+from tests.serving.test_app import wait_until_ready
 
 REQUESTS = 600
 

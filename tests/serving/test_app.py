@@ -15,7 +15,7 @@ import pytest
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import cli_env
+from tests.helpers import cli_env, free_port
 from tests.serving.conftest import Running, running_server
 from tests.serving.test_mlflow import ROWS
 from tests.serving.test_oip import post
@@ -171,12 +171,6 @@ def test_the_asgi_adapter_serves_the_same_app_under_uvicorn(models_home: Path) -
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_call(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TANDEM, cli_env, finish
-from tests.serving.test_app import free_port, http_call, wait_until_ready
+from tests.helpers import TANDEM, cli_env, finish, free_port
+from tests.serving.test_app import http_call, wait_until_ready
 
 
 def start(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import tandem
 from tandem.serving import ServeOptions, Server, models
 from tandem.serving.batcher import OverloadedError
-from tests.helpers import TANDEM, cli_env, finish
+from tests.helpers import TANDEM, cli_env, finish, free_port
 from tests.serving.conftest import running_server
-from tests.serving.test_app import free_port, http_call
+from tests.serving.test_app import http_call
 
 pytestmark = pytest.mark.slow
 

@@ -27,9 +27,10 @@ from tandem.batch.journal import Done, Journal, rejects_path, work_folder
 from tandem.batch.rows import check_rows, check_types
 from tandem.batch.sources import Chunk, InputFile, chunks, list_inputs, read_schema
 from tandem.bundle import Bundle, load_bundle
+from tandem.bundle.manifest import split_kinds
 from tandem.data.readers import FORMATS
 from tandem.errors import ConfigError, DataError, UsageError
-from tandem.inference.predictor import Predictor
+from tandem.inference.predictor import Predictor, prediction_columns
 from tandem.ledger.hardware import usable_cores
 from tandem.ledger.meter import Meter, Profile
 from tandem.ledger.records import run_record
@@ -220,7 +221,7 @@ def _plan(reg: Registry, ref: str, options: BatchOptions) -> _Plan:
     bundle = load_bundle(version.path, expected_digest=version.digest)
     manifest = bundle.manifest
     specs = list(manifest.inputs)
-    predicted = _prediction_columns(manifest.classes)
+    predicted = prediction_columns(manifest.classes)
     keep = list(dict.fromkeys(options.keep))
     clash = [k for k in keep if k in predicted]
     if clash:
@@ -262,10 +263,6 @@ def _output_format(output: Path, given: str | None) -> str:
     return by_suffix or "parquet"
 
 
-def _prediction_columns(classes: Sequence[Any] | None) -> list[str]:
-    return ["label", *(f"proba_{c}" for c in classes)] if classes else ["prediction"]
-
-
 # -- the local engine ------------------------------------------------------------------------------
 
 
@@ -297,7 +294,9 @@ def _run(
     keeps_rejects = options.on_error != "fail"
     scorer: Scorer | None = None
     try:
-        scorer = Scorer(plan.bundle, plan.keep, threads=options.threads)
+        # on Ray the actors score; here the scorer only says what to read and write
+        threads = 1 if options.engine == "ray" else options.threads
+        scorer = Scorer(plan.bundle, plan.keep, threads=threads)
         resumed = len(journal.done)
         if not journal.ended:
             if options.engine == "ray":
@@ -333,8 +332,7 @@ def _scored_here(
     plan: _Plan, done: Sequence[Done], scorer: Scorer, chunk_rows: int
 ) -> Iterator[Scored]:
     """The local engine: chunks read one ahead in a thread, scored in this one."""
-    text = scorer.numeric if plan.inputs[0].format == "csv" else []
-    stream = chunks(plan.inputs, chunk_rows, columns=scorer.columns_read, text_columns=text,
+    stream = chunks(plan.inputs, chunk_rows, columns=scorer.columns_read, text_columns=scorer.numeric,
                     done=[(d.file, d.rows_in) for d in done])  # fmt: skip
     with ThreadPoolExecutor(1, "tandem-read") as reader:
         ahead: Future[Chunk | None] = reader.submit(next, stream, None)
@@ -386,22 +384,20 @@ class Scorer:
     could not be scored, why (their predictions null). The local engine runs one here; the
     Ray engine runs one in each actor and settles the rows here, so both apply one policy."""
 
-    def __init__(
-        self, bundle: Bundle, keep: Sequence[str], *, threads: int | None, spin: bool = False
-    ) -> None:
+    def __init__(self, bundle: Bundle, keep: Sequence[str], *, threads: int | None) -> None:
         # threads=None: one single-threaded session per core, each scoring its own slices of
         # a chunk, rather than one session whose threads split each operator. Measured on 2
         # cores (W1, 2M rows of Parquet, reading and writing alongside): see COMPUTE_ROWS.
         sessions = usable_cores() if threads is None else 1
         per_session = 1 if threads is None else threads
         self.predictors = [
-            Predictor(bundle, threads=per_session, spin=spin) for _ in range(sessions)
+            Predictor(bundle, threads=per_session, spin=False) for _ in range(sessions)
         ]
         self.predictor = self.predictors[0]
         self._pool = ThreadPoolExecutor(sessions - 1, "tandem-score") if sessions > 1 else None
         self.keep = list(keep)
         self.specs = list(self.predictor.manifest.inputs)
-        self.numeric = [s.name for s in self.specs if s.kind != "categorical"]
+        self.numeric = [s.name for s in split_kinds(self.specs)[0]]
         self.columns_read = list(dict.fromkeys([*(s.name for s in self.specs), *self.keep]))
         self.outputs = self.predictor.output_columns
         classes = self.predictor.manifest.classes

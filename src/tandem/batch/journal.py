@@ -39,8 +39,6 @@ from tandem.errors import UsageError
 
 __all__ = ["Done", "Journal", "rejects_path", "work_folder"]
 
-JOURNAL_FORMAT = 1
-
 
 def work_folder(output: Path) -> Path:
     return output.parent / f".{output.name}.tandem-batch"
@@ -162,12 +160,16 @@ class Journal:
 
     # -- finishing -------------------------------------------------------------------------------
 
-    def parts(self, kind: str = "part") -> Iterator[pa.Table]:
+    def _files(self, kind: str) -> Iterator[Path]:
+        """The finished chunks' part (or rejects) files, in order."""
         for d in self.done:
-            path = self.folder / f"{kind}-{d.index:06d}.arrow"
             if kind == "part" or d.rejects:
-                with pa.memory_map(str(path)) as source:
-                    yield pa.ipc.open_file(source).read_all()
+                yield self.folder / f"{kind}-{d.index:06d}.arrow"
+
+    def parts(self, kind: str = "part") -> Iterator[pa.Table]:
+        for path in self._files(kind):
+            with pa.memory_map(str(path)) as source:
+                yield pa.ipc.open_file(source).read_all()
 
     def finish(self, fmt: str, empty: pa.Schema, *, rejects: pa.Schema | None) -> None:
         """Write the output (and the rejects file, when the job keeps one) from the parts,
@@ -197,11 +199,9 @@ class Journal:
 
     def schema(self, kind: str, empty: pa.Schema) -> pa.Schema:
         schemas = []
-        for d in self.done:
-            if kind == "part" or d.rejects:
-                path = self.folder / f"{kind}-{d.index:06d}.arrow"
-                with pa.memory_map(str(path)) as source:
-                    schemas.append(pa.ipc.open_file(source).schema)
+        for path in self._files(kind):
+            with pa.memory_map(str(path)) as source:
+                schemas.append(pa.ipc.open_file(source).schema)
         if not schemas:
             return empty
         if all(s == schemas[0] for s in schemas):

@@ -17,15 +17,17 @@ Ray is an optional dependency: ``pip install 'tandem-ml[ray]'``.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from tandem.batch.sources import Chunk
+from tandem.batch.sources import Chunk, done_by_file
 from tandem.errors import ConfigError, DataError, TandemError
 from tandem.ledger.hardware import usable_cores
 
@@ -73,10 +75,7 @@ def _scored(
 ) -> Iterator[Scored]:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the output keeps the input's order
-    done_rows = [0] * len(plan.inputs)
-    for d in done:
-        done_rows[d.file] += d.rows_in
-    last = done[-1].file if done else 0
+    done_rows, last = done_by_file(len(plan.inputs), [(d.file, d.rows_in) for d in done])
     todo = [i for i in range(len(plan.inputs)) if i >= last]
     folder = plan.version.path
     bundle = ray.put({name: (folder / name).read_bytes() for name in _bundle_files(folder)})
@@ -130,8 +129,10 @@ def _tag(table: pa.Table, numbers: dict[str, int], columns: list[str]) -> pa.Tab
     """The columns the job reads (absent ones null) and each row's file number."""
     have = set(table.column_names)
     picked = {c: table.column(c) if c in have else pa.nulls(table.num_rows) for c in columns}
-    paths = table.column("path").to_pylist()
-    picked[FILE] = pa.array([_number(numbers, p) for p in paths], pa.int32())
+    # a batch holds rows of one file or a few: look each distinct path up once
+    paths = table.column("path").combine_chunks().dictionary_encode()
+    found = pa.array([_number(numbers, p) for p in paths.dictionary.to_pylist()], pa.int32())
+    picked[FILE] = found.take(paths.indices)
     return pa.table(picked)
 
 
@@ -185,13 +186,12 @@ class _Cutter:
     def feed(self, batch: pa.Table) -> Iterator[Scored]:
         files = batch.column(FILE).to_numpy()
         table = batch.drop([FILE])
-        lo = 0
-        n = table.num_rows
-        while lo < n:
+        # the runs of rows from one file: the batch is in input order
+        bounds = [0, *(np.flatnonzero(np.diff(files)) + 1).tolist(), table.num_rows]
+        for lo, hi in itertools.pairwise(bounds):
+            if lo == hi:
+                continue
             f = int(files[lo])
-            hi = lo
-            while hi < n and files[hi] == f:
-                hi += 1
             if f != self.file:
                 yield from self.flush()
                 self.file, self.seen, self.start = f, 0, self.done_rows[f]
@@ -207,7 +207,6 @@ class _Cutter:
                 part = part.slice(take)
                 if self.count == self.size:
                     yield self._emit()
-            lo = hi
 
     def flush(self) -> Iterator[Scored]:
         if self.count:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from tandem.data.readers import FORMATS, check_unique_columns, detect_format
 from tandem.errors import DataError
 
-__all__ = ["Chunk", "InputFile", "chunks", "list_inputs", "read_schema"]
+__all__ = ["Chunk", "InputFile", "chunks", "done_by_file", "list_inputs", "read_schema"]
 
 #: how many bytes of a CSV or JSON Lines file the reader parses at a time
 BLOCK_BYTES = 8 << 20
@@ -141,10 +141,7 @@ def chunks(
             Parquet passes over whole row groups without decoding them, CSV and JSON Lines
             read past the rows done.
     """
-    done_rows = [0] * len(inputs)
-    for file, rows in done:
-        done_rows[file] += rows
-    last_file = done[-1][0] if done else 0
+    done_rows, last_file = done_by_file(len(inputs), done)
     index = len(done)
     for number, f in enumerate(inputs):
         if number < last_file:
@@ -155,6 +152,15 @@ def chunks(
             yield Chunk(index, number, start, batch, bad, min(read, 1.0))
             index += 1
             start += batch.num_rows
+
+
+def done_by_file(files: int, done: Sequence[tuple[int, int]]) -> tuple[list[int], int]:
+    """The rows already done in each of ``files`` files, and the file the job resumes in,
+    from the (file, rows) of the chunks done."""
+    done_rows = [0] * files
+    for file, rows in done:
+        done_rows[file] += rows
+    return done_rows, done[-1][0] if done else 0
 
 
 # -- readers ---------------------------------------------------------------------------------

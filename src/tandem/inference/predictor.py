@@ -24,9 +24,15 @@ from tandem.data.schema import coerce_column, duplicated_names
 from tandem.errors import SchemaError
 from tandem.inference.runtime import make_session
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "prediction_columns"]
 
 Columns = Mapping[str, Any]
+
+
+def prediction_columns(classes: Sequence[Any]) -> list[str]:
+    """The columns a model predicts: ``label`` and a ``proba_<class>`` per class for a
+    classifier (``classes`` not empty), else ``prediction``."""
+    return ["label", *(f"proba_{c}" for c in classes)] if classes else ["prediction"]
 
 
 class Predictor:
@@ -48,11 +54,7 @@ class Predictor:
         self._index = {name: j for j, name in enumerate(self._names)}
         self._numeric, self._categorical = split_kinds(self.manifest.inputs)
         self._classes = np.asarray(self.manifest.classes) if self.manifest.classes else None
-        self.output_columns = (
-            ["label", *(f"proba_{c}" for c in self.manifest.classes)]
-            if self._classes is not None
-            else ["prediction"]
-        )
+        self.output_columns = prediction_columns(self.manifest.classes)
 
     @property
     def input_names(self) -> list[str]:

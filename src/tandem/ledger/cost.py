@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -99,15 +99,7 @@ class PriceTable:
         return _by_name(self.gpu_hour, name)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "currency": self.currency, **{k: getattr(self, k) for k in _SCALARS},
-            "gpu_hour": self.gpu_hour, "sources": list(self.sources),
-            "estimates": {
-                "cpu_watts_per_core": self.estimates.cpu_watts_per_core,
-                "memory_watts_per_gb": self.estimates.memory_watts_per_gb,
-                "gpu_watts": self.estimates.gpu_watts,
-            },
-        }  # fmt: skip
+        return asdict(self) | {"sources": list(self.sources)}
 
 
 @dataclass(frozen=True)
@@ -129,14 +121,6 @@ class Cost:
     @property
     def estimated(self) -> bool:
         return "estimated" in self.energy_source
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "energy_j": self.energy_j, "energy_source": self.energy_source,
-            "core_hours": self.core_hours, "gpu_hours": self.gpu_hours, "money": self.money,
-            "money_parts": self.money_parts, "carbon_g": self.carbon_g,
-            "unpriced_gpus": list(self.unpriced_gpus),
-        }  # fmt: skip
 
 
 def cost_of(profile: Profile, table: PriceTable) -> Cost:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GpuReading", "Gpus", "Rapl", "busy_cpu_seconds", "gpus", "rapl"]
+__all__ = ["Gpus", "Rapl", "busy_cpu_seconds", "gpus", "rapl"]
 
 POWERCAP = Path("/sys/class/powercap")
 
@@ -104,13 +104,6 @@ def busy_cpu_seconds() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(frozen=True)
-class GpuReading:
-    """Every device's energy counter (millijoules; None where the device has none)."""
-
-    millijoules: tuple[int | None, ...]
-
-
 class Gpus:
     """NVIDIA devices seen through NVML; :attr:`available` is False without driver or bindings."""
 
@@ -136,14 +129,15 @@ class Gpus:
     def available(self) -> bool:
         return bool(self.handles)
 
-    def read(self) -> GpuReading:
+    def read(self) -> tuple[int | None, ...]:
+        """Every device's energy counter in millijoules (None where the device has none)."""
         values: list[int | None] = []
         for handle in self.handles:
             try:
                 values.append(int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle)))
             except Exception:  # pre-Volta devices have no energy counter
                 values.append(None)
-        return GpuReading(tuple(values))
+        return tuple(values)
 
     def held(self, pid: int | None = None) -> list[int]:
         """Indices of the devices on which process ``pid`` (default: this one) has a context."""

@@ -12,11 +12,11 @@ import html
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tandem.errors import UsageError
-from tandem.ledger.report import Projection, Report
+from tandem.ledger.report import Projection, Report, money_text
 
 __all__ = ["render_html", "write_html"]
 
@@ -34,17 +34,13 @@ def _nice_max(value: float) -> float:
     return 10 * exp
 
 
-def _fmt(value: float, unit: str) -> str:
-    if unit == "$":
-        return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
-    return f"{value:,.3g} {unit}"
-
-
 def line_chart(
-    title: str, days: Sequence[int], series: Mapping[str, Sequence[float]], unit: str,
+    title: str, days: Sequence[int], series: Mapping[str, Sequence[float]],
+    label: Callable[[float], str],
     marker: int | None = None,
 ) -> str:  # fmt: skip
-    """An SVG chart of ``series`` (name → one value per day) against ``days``."""
+    """An SVG chart of ``series`` (name → one value per day) against ``days``; ``label``
+    writes a value on the y axis."""
     top = _nice_max(max((max(v) for v in series.values()), default=1.0))
     last = max(days[-1], 1)
     iw, ih = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
@@ -65,7 +61,7 @@ def line_chart(
         parts.append(f'<line x1="{_PAD_L}" x2="{_PAD_L + iw}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
                      'stroke="#e5e5e5"/>')  # fmt: skip
         parts.append(f'<text x="{_PAD_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end" '
-                     f'font-size="11">{html.escape(_fmt(v, unit))}</text>')  # fmt: skip
+                     f'font-size="11">{html.escape(label(v))}</text>')  # fmt: skip
     for i in range(6):  # x labels
         d = last * i / 5
         parts.append(f'<text x="{x(d):.1f}" y="{_PAD_T + ih + 16}" text-anchor="middle" '
@@ -112,12 +108,17 @@ def _charts(p: Projection, currency: str) -> str:
         "training": [g / 1000 for g in p.training_carbon_g],
         "inference": [g / 1000 for g in p.inference_carbon_g],
     }
-    unit = "$" if currency == "USD" else currency
     return (
         "<h2>Cumulative cost over the model's life</h2>"
-        + line_chart("cumulative cost by phase", p.days, money, unit, p.crossover_day)
+        + line_chart(
+            "cumulative cost by phase",
+            p.days,
+            money,
+            lambda v: money_text(v, currency),
+            p.crossover_day,
+        )
         + "<h2>Cumulative carbon</h2>"
-        + line_chart("cumulative carbon by phase", p.days, carbon, "kg CO2e")
+        + line_chart("cumulative carbon by phase", p.days, carbon, lambda v: f"{v:,.3g} kg CO2e")
     )
 
 

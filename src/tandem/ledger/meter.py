@@ -138,9 +138,10 @@ class Meter:
         wall, cpu = time.perf_counter() - self._wall, _cpu() - self._cpu
         sources: list[str] = []
         cpu_j = None
-        now = self._rapl.read()
-        busy = busy_cpu_seconds()
-        if self._rapl0 is not None and now is not None and self._busy0 is not None and busy:
+        now = self._rapl.read() if self._rapl0 is not None else None
+        # /proc/stat is read only where there is energy to apportion by it
+        busy = busy_cpu_seconds() if now is not None else None
+        if now is not None and self._rapl0 is not None and self._busy0 is not None and busy:
             machine = busy - self._busy0
             share = min(1.0, cpu / machine) if machine > 0 else 0.0
             cpu_j = self._rapl.joules(self._rapl0, now) * share
@@ -149,7 +150,7 @@ class Meter:
         if self._gpu0 is not None:
             held = self._gpus.held()
             gpu_seconds = wall * len(held)
-            after, before = self._gpus.read().millijoules, self._gpu0.millijoules
+            after, before = self._gpus.read(), self._gpu0
             deltas = [
                 a - b for i in held if (a := after[i]) is not None and (b := before[i]) is not None
             ]

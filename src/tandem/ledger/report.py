@@ -7,8 +7,9 @@ priced with a :class:`PriceTable`. The projection extends those measurements:
 * a training run costs what the measured one did, once at day 0 and again every
   ``retrain_every`` days;
 * a serving day costs ``idle × 86,400 s + per_request × requests_per_day`` of CPU time, where
-  the idle CPU rate and the CPU per request are fitted by least squares over the measured
-  intervals (a server that idles still costs; one that answers costs per answer);
+  the idle CPU rate is measured on the intervals without requests (a server that idles still
+  costs) and the CPU per request is read at the projected rate from what the busy intervals
+  used beyond idling (batching makes a request cheaper as the rate grows);
 * energy follows CPU time at the measured (or estimated) joules per CPU-second.
 """
 
@@ -30,7 +31,8 @@ from tandem.registry import Registry, Run
 
 __all__ = [
     "BatchFigures", "Projection", "Report", "ServingFigures", "TrainingFigures", "build_report",
-    "histogram_quantile", "project", "projection_rows", "serving_profile", "table_rows",
+    "histogram_quantile", "money_text", "project", "projection_rows", "serving_profile",
+    "table_rows",
 ]  # fmt: skip
 
 DAYS_PER_MONTH = 365.25 / 12
@@ -47,8 +49,8 @@ class PhaseCost:
     energy_source: str
 
     @classmethod
-    def of(cls, cost: Cost, cpu_seconds: float, scale: float = 1.0) -> PhaseCost:
-        return cls(cpu_seconds * scale, cost.energy_j * scale, cost.money * scale,
+    def of(cls, cost: Cost, scale: float = 1.0) -> PhaseCost:
+        return cls(cost.core_hours * 3600 * scale, cost.energy_j * scale, cost.money * scale,
                    cost.carbon_g * scale, cost.energy_source)  # fmt: skip
 
 
@@ -83,7 +85,7 @@ class ServingFigures:
     latency_p50_s: float | None
     latency_p99_s: float | None
     cpu_seconds: float
-    startup_cpu_seconds: float  # per start-up, mean
+    startup_cpu_seconds: float  # per start-up, median
     #: fitted CPU model: cpu = idle_cpu_per_s × wall + cpu_per_request × requests
     idle_cpu_per_s: float
     cpu_per_request: float
@@ -134,10 +136,6 @@ class Projection:
     #: False when the projected rate is outside the rates the server was measured at (the
     #: cost per request of the nearest measured rate is used then)
     within_measured_rates: bool = True
-
-    @property
-    def total_money(self) -> float:
-        return self.training_money[-1] + self.inference_money[-1]
 
 
 @dataclass(frozen=True)
@@ -234,17 +232,22 @@ def _hardware(runs: Sequence[Run]) -> str:
 def _total(runs: Sequence[Run]) -> Profile:
     """The runs' profiles summed (peak memory: the highest)."""
     profiles = [profile_of(r) for r in runs]
-    measured = [p.cpu_energy_j for p in profiles]
-    gpu_measured = [p.gpu_energy_j for p in profiles if p.gpus]
+    # a sum of energies is measured only if every part of it was
+    cpu_j = [p.cpu_energy_j for p in profiles]
+    gpu_j = [p.gpu_energy_j for p in profiles if p.gpus]
     return Profile(
         sum(p.wall_seconds for p in profiles), sum(p.cpu_seconds for p in profiles),
         max(p.peak_rss_mb for p in profiles),
-        cpu_energy_j=sum(m for m in measured if m is not None) if all(m is not None for m in measured) else None,
+        cpu_energy_j=_sum_measured(cpu_j),
         gpu_seconds=sum(p.gpu_seconds for p in profiles),
-        gpu_energy_j=sum(gpu_measured) if gpu_measured and None not in gpu_measured else None,  # type: ignore[arg-type]
+        gpu_energy_j=_sum_measured(gpu_j) if gpu_j else None,
         gpus=tuple(sorted({g for p in profiles for g in p.gpus})),
         energy_source="; ".join(sorted({p.energy_source for p in profiles if p.energy_source})),
     )  # fmt: skip
+
+
+def _sum_measured(values: Sequence[float | None]) -> float | None:
+    return None if None in values else sum(v for v in values if v is not None)
 
 
 def _training(runs: Sequence[Run], of_model: int, prices: PriceTable) -> TrainingFigures | None:
@@ -256,14 +259,13 @@ def _training(runs: Sequence[Run], of_model: int, prices: PriceTable) -> Trainin
         f for f in d.get("epochs", []) if f["stage"] == "fit" and f["family"] == d.get("family")
     ]
     walls = final[0]["wall_s"] if final else []
-    profile = profile_of(run)
     return TrainingFigures(
         family=str(d.get("family", "?")), wall_seconds=run.wall_seconds, rows=run.rows,
         features=int(d.get("features", 0)), epochs=len(walls),
         epoch_p50_s=float(np.quantile(walls, 0.5)) if walls else math.nan,
         epoch_p99_s=float(np.quantile(walls, 0.99)) if walls else math.nan,
         fits=len(d.get("epochs", [])), peak_rss_mb=run.peak_rss_mb,
-        per_run=PhaseCost.of(cost_of(profile, prices), profile.cpu_seconds),
+        per_run=PhaseCost.of(cost_of(profile_of(run), prices)),
         hardware=_hardware([run]), runs_of_model=of_model,
     )  # fmt: skip
 
@@ -333,11 +335,8 @@ def cpu_per_request_at(serving: ServingFigures, rate: float) -> tuple[float, boo
         return serving.cpu_per_request, False
     rates = [r for r, _ in curve]
     inside = rates[0] / 1.5 <= rate <= rates[-1] * 1.5
-    if rate <= rates[0] or len(curve) == 1:
-        return curve[0][1] if rate <= rates[0] else curve[-1][1], inside
-    if rate >= rates[-1]:
-        return curve[-1][1], inside
-    x = math.log(rate)
+    # np.interp holds the end values beyond the measured rates
+    x = math.log(rate) if rate > 0 else -math.inf
     per = float(np.interp(x, [math.log(r) for r in rates], [c for _, c in curve]))
     return per, inside
 
@@ -371,8 +370,8 @@ def _serving(runs: Sequence[Run], prices: PriceTable) -> ServingFigures | None:
             total.cpu_energy_j / total.cpu_seconds
             if total.cpu_energy_j is not None and total.cpu_seconds else None
         ),
-        per_1k=PhaseCost.of(cost, total.cpu_seconds, 1000 / predictions if predictions else math.nan),
-        per_1k_requests=PhaseCost.of(cost, total.cpu_seconds, 1000 / requests if requests else math.nan),
+        per_1k=PhaseCost.of(cost, 1000 / predictions if predictions else math.nan),
+        per_1k_requests=PhaseCost.of(cost, 1000 / requests if requests else math.nan),
         hardware=_hardware(intervals),
     )  # fmt: skip
 
@@ -386,7 +385,7 @@ def _batch(runs: Sequence[Run], prices: PriceTable) -> BatchFigures | None:
         jobs=len(runs), rows=rows, wall_seconds=total.wall_seconds,
         rows_per_second=rows / total.wall_seconds if total.wall_seconds else 0.0,
         peak_rss_mb=total.peak_rss_mb,
-        per_1k=PhaseCost.of(cost_of(total, prices), total.cpu_seconds, 1000 / rows if rows else math.nan),
+        per_1k=PhaseCost.of(cost_of(total, prices), 1000 / rows if rows else math.nan),
         hardware=_hardware(runs),
     )  # fmt: skip
 
@@ -441,7 +440,8 @@ def project(
 # -- rows for the terminal and the HTML page --------------------------------------------------------
 
 
-def _money(value: float, currency: str) -> str:
+def money_text(value: float, currency: str) -> str:
+    """``value`` as money: two decimals, or three significant digits below a cent."""
     sign = "$" if currency == "USD" else currency + " "
     if not math.isfinite(value):
         return "-"
@@ -458,6 +458,12 @@ def _num(value: float, digits: int = 3) -> str:
     return "-" if not math.isfinite(value) else f"{value:,.{digits}g}"
 
 
+def _priced(c: PhaseCost, per: str, currency: str) -> list[str]:
+    """The energy, cost and carbon cells of one unit of work."""
+    return [f"{_num(c.energy_j)} J {per}", f"{money_text(c.money, currency)} {per}",
+            f"{_num(c.carbon_g)} g CO2e {per}"]  # fmt: skip
+
+
 def table_rows(report: Report) -> list[tuple[str, ...]]:
     """The training-vs-inference table: a header, then one row per measure."""
     t, s, b, cur = report.training, report.serving, report.batch, report.currency
@@ -471,8 +477,7 @@ def table_rows(report: Report) -> list[tuple[str, ...]]:
             f"per epoch p50 {_ms(t.epoch_p50_s)}, p99 {_ms(t.epoch_p99_s)} "
             f"({t.epochs} epochs of {t.family})",
             f"{t.rows:,} rows × {t.features} features; {t.fits} fits",
-            f"{_num(c.energy_j)} J per run", f"{_money(c.money, cur)} per run",
-            f"{_num(c.carbon_g)} g CO2e per run",
+            *_priced(c, "per run", cur),
             (f"every {report.projection.retrain_every_days:g} days (assumed)"
              if report.projection and report.projection.retrain_every_days else "once")
             + f"; {t.runs_of_model} run(s) recorded",
@@ -489,9 +494,7 @@ def table_rows(report: Report) -> list[tuple[str, ...]]:
             f"({s.cpu_per_request * 1e3:,.3f} ms per request + idle {s.idle_cpu_per_s:.2%} of a core)",
             f"per request p50 {_ms(s.latency_p50_s)}, p99 {_ms(s.latency_p99_s)}",
             f"{s.predictions:,} predictions in {s.requests:,} requests over {s.wall_seconds:,.0f} s",
-            f"{_num(c.energy_j)} J per 1,000 predictions",
-            f"{_money(c.money, cur)} per 1,000 predictions",
-            f"{_num(c.carbon_g)} g CO2e per 1,000 predictions",
+            *_priced(c, "per 1,000 predictions", cur),
             f"continuous: {freq}", s.hardware, c.energy_source,
         ]))  # fmt: skip
     if b is not None:
@@ -501,9 +504,7 @@ def table_rows(report: Report) -> list[tuple[str, ...]]:
             f"{c.cpu_seconds:,.4f} CPU-s per 1,000 predictions",
             f"{b.rows_per_second:,.0f} rows/s",
             f"{b.rows:,} rows in {b.jobs} job(s)",
-            f"{_num(c.energy_j)} J per 1,000 predictions",
-            f"{_money(c.money, cur)} per 1,000 predictions",
-            f"{_num(c.carbon_g)} g CO2e per 1,000 predictions",
+            *_priced(c, "per 1,000 predictions", cur),
             f"{b.jobs} job(s) recorded", b.hardware, c.energy_source,
         ]))  # fmt: skip
     measures = ["purpose", "compute", "latency", "data handled", "energy", "cost", "carbon",
@@ -532,12 +533,12 @@ def projection_rows(report: Report) -> list[tuple[str, ...]]:
 
     return [
         (f"over {horizon}", "cost", "share", "energy", "carbon", "what"),
-        ("training", _money(train_money, cur), share(train_money),
+        ("training", money_text(train_money, cur), share(train_money),
          f"{p.training_energy_j / 3.6e6:,.3g} kWh", f"{train_g / 1000:,.3g} kg CO2e", runs),
-        ("inference", _money(infer_money, cur), share(infer_money),
+        ("inference", money_text(infer_money, cur), share(infer_money),
          f"{p.inference_energy_j / 3.6e6:,.3g} kWh", f"{infer_g / 1000:,.3g} kg CO2e",
          f"{p.requests_per_day:,.0f} requests/day ({p.requests_source})"),
-        ("total", _money(total, cur), "100%" if total else "-",
+        ("total", money_text(total, cur), "100%" if total else "-",
          f"{(p.training_energy_j + p.inference_energy_j) / 3.6e6:,.3g} kWh",
          f"{(train_g + infer_g) / 1000:,.3g} kg CO2e",
          "inference overtakes training on day " + str(p.crossover_day)

@@ -3,16 +3,20 @@ sending its next request as soon as the previous answer arrives.
 
 Used by ``tandem demo`` to measure the real-time stage; the benchmarks use wrk (a C load
 generator) instead, so that the client's own cost does not cap the figures.
+:func:`announced_port` waits for a ``tandem serve`` subprocess to say where it listens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["LoadResult", "closed_loop"]
+__all__ = ["LoadResult", "announced_port", "closed_loop"]
 
 
 @dataclass
@@ -76,3 +80,21 @@ def closed_loop(
 
     seconds = asyncio.run(main())
     return LoadResult(seconds, [answers[i] for i in range(len(bodies))])
+
+
+def announced_port(proc: subprocess.Popen[str], timeout: float = 60) -> int:
+    """The port `tandem serve` announces on stderr once it is ready."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        found = re.search(r"on http://127\.0\.0\.1:(\d+) \(ready", line)
+        if found:
+            # keep reading what the server logs, so that a full pipe never blocks it
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return int(found.group(1))
+    raise RuntimeError("tandem serve did not become ready: " + "".join(seen[-5:]).strip())

@@ -60,10 +60,9 @@ def _snapshot(metrics: ServerMetrics) -> dict[str, _Totals]:
     for metric in (metrics.requests, metrics.rows, metrics.batch_seconds, metrics.latency):
         for family in metric.collect():
             for s in family.samples:
-                if s.name == "tandem_requests_total":
-                    of(s.labels).codes[s.labels["code"]] = (
-                        of(s.labels).codes.get(s.labels["code"], 0.0) + s.value
-                    )
+                if s.name == "tandem_requests_total":  # summed over protocols
+                    codes = of(s.labels).codes
+                    codes[s.labels["code"]] = codes.get(s.labels["code"], 0.0) + s.value
                 elif s.name == "tandem_rows_total":
                     of(s.labels).rows = s.value
                 elif s.name == "tandem_batch_seconds_sum":
