@@ -37,7 +37,7 @@ import numpy as np
 from _common import machine, markdown_table, median, text_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-LOADGEN = ROOT / "tests" / "serving" / "loadgen.py"
+LOADGEN = ROOT / "src" / "tandem" / "serving" / "loadgen.py"
 
 
 # -- 1. overhead ------------------------------------------------------------------------------------

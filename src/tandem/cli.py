@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -487,6 +487,9 @@ def serve(
         float,
         typer.Option(help="Seconds between usage records for `tandem report` (0: none)."),
     ] = 60.0,
+    processes: Annotated[
+        int, typer.Option(help="Server processes sharing the port (more cores, more throughput).")
+    ] = 1,
 ) -> None:
     """Serve models over HTTP: Open Inference Protocol v2 and MLflow /invocations."""
     import logging
@@ -508,13 +511,27 @@ def serve(
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    def ready(server: Any) -> None:
-        served = ", ".join(m.runner.ref for m in server.models if m.runner is not None)
+    def announce(served: Sequence[str], port: int, seconds: float | None, more: str = "") -> None:
         err.print(
-            f"serving {served} on http://{host}:{server.port} (ready in {server.ready_after_s:.2f} s); "
-            "Ctrl-C stops",
+            f"serving {', '.join(served)} on http://{host}:{port} (ready in {seconds or 0:.2f} s"
+            f"{more}); Ctrl-C stops",
             highlight=False,
         )
+
+    if processes != 1:
+        from tandem.serving.workers import serve_processes
+
+        status = serve_processes(
+            refs, options, processes,
+            on_ready=lambda port, s: announce(refs, port, s, f", {processes} processes"),
+        )  # fmt: skip
+        if status:
+            raise typer.Exit(status)
+        return
+
+    def ready(server: Any) -> None:
+        served = [m.runner.ref for m in server.models if m.runner is not None]
+        announce(served, server.port, server.ready_after_s)
 
     run_serve(refs, options, on_ready=ready)
 

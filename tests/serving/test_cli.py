@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +90,69 @@ def test_a_tampered_bundle_stops_the_server_with_exit_1(models_home: Path) -> No
     code, err = stop(proc, signal_it=False)
     assert code == 1
     assert "mixed/1 is truncated" in err and "Traceback" not in err
+
+
+def _children(pid: int) -> set[int]:
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _all_ok(port: int, n: int = 60) -> bool:
+    from tandem.serving.loadtest import closed_loop
+
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 6], "datatype": "FP64", "data": [0.5] * 6}]}
+    ).encode()
+    result = closed_loop("127.0.0.1", port, "/v2/models/num/infer", [body] * n, concurrency=6)
+    return all(status == 200 for status, _, _ in result.answers)
+
+
+@pytest.mark.slow
+def test_processes_share_one_port_and_a_dead_one_is_replaced(models_home: Path) -> None:
+    from tandem.config import Settings
+    from tandem.registry import Registry
+
+    proc = start(models_home, "num", "--processes", "2", "--port", "0", "--ledger-interval", "0.5")
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (ready := [x for x in lines if "(ready in" in x]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = int(re.findall(r"127\.0\.0\.1:(\d+)", ready[0])[0])
+        first = _children(proc.pid)
+        assert len(first) == 2
+        assert _all_ok(port)
+        # kill each original in turn: the survivors (and then the replacement) keep answering
+        for victim in sorted(first):
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (
+                victim in _children(proc.pid) or len(_children(proc.pid)) < 2
+            ):
+                time.sleep(0.1)
+            assert len(_children(proc.pid) - first) >= 1, "no replacement was started"
+            assert _all_ok(port)
+        workers = _children(proc.pid)
+        assert not workers & first
+        time.sleep(2.0)  # the replacement loads, then accepts: every answer above was a 200
+        assert _all_ok(port)
+    finally:
+        code, _ = stop(proc)
+        reader.join(10)
+    err = "".join(lines)
+    assert code == 0, err
+    assert "2 processes" in err and "starting another" in err and "Traceback" not in err
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived it"
+    with Registry(Settings(home=models_home)) as reg:
+        runs = reg.runs("num", phase="serve")
+    processes = {r.details["server"]["process"] for r in runs}
+    assert processes, err
+    assert processes == {0, 1}
+    assert all(r.details["server"]["processes"] == 2 for r in runs)
+
+
+def test_processes_must_be_a_sensible_count(models_home: Path) -> None:
+    code, err = stop(start(models_home, "num", "--processes", "0"), signal_it=False)
+    assert code == 2 and "--processes must be between 1 and 64" in err

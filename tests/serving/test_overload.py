@@ -48,11 +48,11 @@ import pytest
 
 import tandem
 from tandem import Registry, Settings
-from tests.helpers import TANDEM, cli_env, numeric_table
+from tests.helpers import ROOT, TANDEM, cli_env, numeric_table
 
 pytestmark = pytest.mark.slow
 
-LOADGEN = Path(__file__).with_name("loadgen.py")
+LOADGEN = ROOT / "src" / "tandem" / "serving" / "loadgen.py"
 HIDDEN = 1024  # units per hidden layer: ~35-50 µs a row on one core
 ROWS = 200  # rows per request: ~7-10 ms of compute, ~8 kB of JSON
 DEADLINE_MS = 500.0

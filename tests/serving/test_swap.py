@@ -26,13 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 import tandem
 from tandem.serving import ServeOptions, Server, models
 from tandem.serving.batcher import OverloadedError
-from tests.helpers import TANDEM, cli_env, finish, free_port
+from tests.helpers import ROOT, TANDEM, cli_env, finish, free_port
 from tests.serving.conftest import running_server
 from tests.serving.test_app import http_call
 
 pytestmark = pytest.mark.slow
 
-LOADGEN = Path(__file__).with_name("loadgen.py")
+LOADGEN = ROOT / "src" / "tandem" / "serving" / "loadgen.py"
 #: two rows of the all-numeric model `num` (columns f0..f5), as one OIP matrix input
 INFER = {
     "inputs": [

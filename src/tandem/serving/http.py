@@ -21,6 +21,7 @@ import asyncio
 import email.utils
 import functools
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -123,12 +124,18 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the port (useful with ``port=0``)."""
+    async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> int:
+        """Listen; returns the port (useful with ``port=0``). With ``sock``, accept on that
+        listening socket instead (several processes sharing one port)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True, backlog=2048
-        )
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), sock=sock, backlog=2048
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), host, port, reuse_address=True, backlog=2048
+            )
         self._sweeper = loop.create_task(self._sweep())
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])

@@ -13,9 +13,11 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tandem.errors import ConfigError, UsageError
 from tandem.ledger.meter import process_started
@@ -93,6 +95,7 @@ class Server:
         *,
         registry: Registry | None = None,
         whole_process: bool = False,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         if not refs:
             raise UsageError("name at least one model to serve, e.g. tandem serve rain@champion")
@@ -116,11 +119,16 @@ class Server:
         self.loading: asyncio.Task[None] | None = None
         self.usage: UsageRecorder | None = None
         self._whole_process = whole_process
+        self._settings = settings or {}
+        self._sock: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, *, bind: bool = True) -> None:
+    async def start(self, *, bind: bool = True, sock: socket.socket | None = None) -> None:
         """Resolve the references, bind (unless another server feeds :attr:`app`), and start
-        loading (see :attr:`ready`)."""
+        loading (see :attr:`ready`). ``sock``: a listening socket to accept on instead of
+        binding, from the moment the models are ready (one of several processes sharing a
+        port, see :mod:`tandem.serving.workers`): a sibling that is ready takes the connections
+        meanwhile, where a bound-but-loading server would answer them 503."""
         loop = asyncio.get_running_loop()
         versions = [await loop.run_in_executor(None, m.resolve) for m in self.models]
         if self.options.ledger_interval_s > 0:
@@ -128,10 +136,12 @@ class Server:
                 self.models, self.app.metrics, self.registry,
                 interval_s=self.options.ledger_interval_s,
                 settings={"threads": self.options.threads, "port": self.options.port,
-                          "max_batch": self.options.batching.max_batch},
+                          "max_batch": self.options.batching.max_batch, **self._settings},
                 whole_process=self._whole_process,
             )  # fmt: skip
-        if bind:
+        if sock is not None:  # siblings share the socket: accept only once ready (in _load)
+            self._sock = sock
+        elif bind:
             try:
                 self.port = await self.http.start(self.options.host, self.options.port)
             except OSError as exc:
@@ -147,6 +157,8 @@ class Server:
         # collector's full passes, which otherwise walk it all and show up as p99 spikes
         gc.collect()
         gc.freeze()
+        if self._sock is not None:
+            self.port = await self.http.start(self.options.host, 0, sock=self._sock)
         self.app.ready = True
         self.ready_after_s = time.monotonic() - self.started
         self.ready.set()
@@ -200,27 +212,36 @@ def serve(
     options: ServeOptions | None = None,
     *,
     on_ready: Callable[[Server], None] | None = None,
+    sock: socket.socket | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> None:
-    """Serve ``refs`` until SIGINT or SIGTERM; blocks. Uses uvloop when it is installed."""
+    """Serve ``refs`` until SIGINT or SIGTERM; blocks. Uses uvloop when it is installed.
+
+    ``sock``: accept on this listening socket rather than bind one; ``settings``: more of the
+    set-up to note in the usage records (e.g. which of several processes this is)."""
     try:
         import uvloop
 
         runner: Callable[..., None] = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         runner = asyncio.run
-    runner(_main(refs, options, on_ready))
+    runner(_main(refs, options, on_ready, sock, settings or {}))
 
 
 async def _main(
-    refs: Sequence[str], options: ServeOptions | None, on_ready: Callable[[Server], None] | None
+    refs: Sequence[str],
+    options: ServeOptions | None,
+    on_ready: Callable[[Server], None] | None,
+    sock: socket.socket | None,
+    settings: dict[str, Any],
 ) -> None:
-    server = Server(refs, options, whole_process=True)
+    server = Server(refs, options, whole_process=True, settings=settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await server.start()
+        await server.start(sock=sock)
         stopping = loop.create_task(stop.wait())
         assert server.loading is not None
         await asyncio.wait({server.loading, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,6 +1,6 @@
 """A small HTTP/1.1 load generator: asyncio over raw keep-alive sockets, run as a subprocess.
 
-    python tests/serving/loadgen.py --url http://127.0.0.1:PORT/v2/models/m/infer \\
+    python -m tandem.serving.loadgen --url http://127.0.0.1:PORT/v2/models/m/infer \\
         --rate 400 --duration 5 --connections 256 --body-file body.json [--closed]
 
 Open loop (the default): request i is due at ``start + i / rate`` whatever the answers, and
@@ -15,7 +15,9 @@ early: rates then count the shorter window); answers still missing ``--grace`` s
 are abandoned (``unfinished``) and every socket is closed, so the process exits by
 duration + grace (+ the connect time, itself bounded by ``--grace``).
 
-Prints one JSON line on stdout::
+With ``--window S`` it also prints, every S seconds while it runs, a JSON line with that
+window's figures (see :func:`_windows`); the summary is always the last line. Prints on
+stdout::
 
     {"mode": "open", "duration_s": 5.0, "due": 2000, "sent": 2000, "client_dropped": 0,
      "max_send_lag_ms": 1.2,
@@ -105,14 +107,47 @@ class Stats:
         #: set by SIGINT/SIGTERM: stop sending
         self.stop = asyncio.Event()
 
+        #: this window's answers: (status, latency seconds); see :func:`_windows`
+        self.window: list[tuple[int, float]] = []
+        self.windows: list[dict[str, Any]] = []
+
     def record(self, status: int, headers: dict[str, str], seconds: float) -> None:
         self.latencies[status].append(seconds)
+        self.window.append((status, seconds))
         if status == 429 and "retry-after" not in headers:
             self.missing_retry_after += 1
 
     def error(self, exc: BaseException) -> None:
         self.errors += 1
         self.error_kinds[type(exc).__name__] += 1
+
+
+async def _windows(stats: Stats, seconds: float) -> None:
+    """Every ``seconds``, print the answers that arrived in the window just ended as one JSON
+    line, so that a caller can watch the figures settle and stop the run (SIGINT) once they
+    have: ``{"window": k, "ok": n, "other": n, "errors": n, "goodput": per s, "p50_ms",
+    "p99_ms"}`` (latencies of the 200s)."""
+    started = time.monotonic()
+    errors = 0
+    k = 0
+    while True:
+        k += 1
+        await asyncio.sleep(max(0.0, started + k * seconds - time.monotonic()))
+        answers, stats.window = stats.window, []
+        ok = [t for status, t in answers if status == 200]
+        line = {
+            "window": k,
+            "ok": len(ok),
+            "other": len(answers) - len(ok),
+            "errors": stats.errors - errors,
+            "goodput": round(len(ok) / seconds, 2),
+            "p50_ms": round(percentile(ok, 50) * 1e3, 3) if ok else None,
+            "p99_ms": round(percentile(ok, 99) * 1e3, 3) if ok else None,
+        }
+        errors = stats.errors
+        stats.windows.append(line)
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -232,12 +267,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stop_waiter.add_done_callback(
             lambda f: None if f.cancelled() else stopped.append(time.monotonic())
         )
+        ticker = loop.create_task(_windows(stats, args.window)) if args.window else None
         if args.closed:
             unfinished = await closed_loop(conns, args.duration, args.grace, stats)
         else:
             unfinished = await open_loop(conns, args.rate, args.duration, args.grace, stats)
         elapsed = time.monotonic() - started
         stop_waiter.cancel()
+        if ticker is not None:
+            ticker.cancel()
     finally:
         for c in conns:
             c.close()
@@ -271,6 +309,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "goodput": round(len(stats.latencies.get(200, [])) / window, 2),
         "missing_retry_after": stats.missing_retry_after,
         "headers": {name: [c.runs[name] for c in conns] for name in args.track_header},
+        "windows": stats.windows,
     }
 
 
@@ -287,10 +326,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grace", type=float, default=2.0, help="seconds to wait at the end")
     parser.add_argument("--track-header", action="append", default=[], metavar="NAME")
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument(
+        "--window", type=float, default=0.0, help="print figures every this many seconds"
+    )
     args = parser.parse_args(argv)
     args.track_header = [h.lower() for h in args.track_header]
     if args.connections < 1 or args.duration <= 0 or (not args.closed and args.rate <= 0):
         parser.error("connections, duration and rate must be positive")
+    if args.window < 0:
+        parser.error("--window must be >= 0 seconds")
     runner: Any = asyncio.run
     if not args.no_uvloop:
         with contextlib.suppress(ImportError):
