@@ -574,6 +574,153 @@ def report(
     _render_report(result, as_json=as_json, html=html)
 
 
+@app.command()
+def advise(
+    ref: Annotated[
+        str,
+        typer.Argument(help="The model: NAME (its newest version), NAME:VERSION or NAME@ALIAS."),
+    ],
+    p99_ms: Annotated[
+        float, typer.Option("--p99-ms", help="The objective: p99 latency in ms at --rps.")
+    ],
+    rps: Annotated[float, typer.Option("--rps", help="The objective: requests per second.")],
+    threads: Annotated[
+        str | None,
+        typer.Option(
+            help="ONNX Runtime threads to try, e.g. 1,2 (default: 1, 2, 4… up to the cores)."
+        ),
+    ] = None,
+    max_batch: Annotated[
+        str | None, typer.Option(help="Largest batches to try; 0: learnt (default 0,8,32,128).")
+    ] = None,
+    processes: Annotated[
+        str | None,
+        typer.Option(help="Server processes to try (default: 1, 2, 4… up to the cores)."),
+    ] = None,
+    rows_per_request: Annotated[int, typer.Option(help="Rows in each request.")] = 1,
+    window_s: Annotated[
+        float, typer.Option(help="Seconds per measuring window (3 must agree within 10%).")
+    ] = 1.0,
+    max_windows: Annotated[
+        int, typer.Option(help="Windows before a phase gives up settling.")
+    ] = 10,
+    prices: Annotated[
+        Path | None, typer.Option(help="Price table (TOML) over the defaults, as for report.")
+    ] = None,
+    devices: Annotated[
+        Path | None,
+        typer.Option(
+            help="Device specs (TOML) over the defaults (else TANDEM_DEVICES, else $TANDEM_HOME/devices.toml)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure ways to serve a model here; the cheapest that meets the objective, and the hardware to train and serve on."""
+    from tandem.ledger.advise import advise as run_advise
+    from tandem.ledger.advise import default_grid, parse_list
+    from tandem.ledger.cost import PriceTable
+    from tandem.ledger.devices import DeviceTable
+    from tandem.ledger.hardware import usable_cores
+
+    table, specs = PriceTable.load(prices), DeviceTable.load(devices)
+    grid = default_grid(usable_cores())
+    grid["threads"] = parse_list("--threads", threads, grid["threads"])
+    grid["max_batch"] = parse_list("--max-batch", max_batch, grid["max_batch"])
+    grid["processes"] = parse_list("--processes", processes, grid["processes"])
+    seen = 0
+
+    def progress(point: Any) -> None:
+        nonlocal seen
+        seen += 1
+        t = point.target
+        at = (
+            f"at {rps:,.0f}/s p99 {t.p99_ms:.1f} ms on {t.cores:.2f} cores"
+            if t is not None and t.p99_ms is not None
+            else "target rate not tried"
+        )
+        err.print(
+            f"[{seen}] {point.config.label}: {point.capacity.goodput:,.0f}/s at most; {at}"
+            f"{'' if point.meets else ' — misses: ' + point.why_not}",
+            highlight=False,
+        )
+
+    with Registry() as reg:
+        result = run_advise(
+            reg, ref, rps=rps, slo_p99_ms=p99_ms, grid=grid, rows_per_request=rows_per_request,
+            window_s=window_s, max_windows=max_windows, prices=table, devices=specs,
+            on_point=None if as_json else progress,
+        )  # fmt: skip
+    if as_json:
+        _print_json(result.to_json())
+        return
+    _render_advice(result)
+
+
+def _render_advice(result: Any) -> None:
+    cur = result.currency
+    shown = Table(
+        title=f"{result.name}:{result.version} — p99 ≤ {result.slo_p99_ms:g} ms at "
+        f"{result.rps:,.0f} requests/s; * Pareto front",
+        show_lines=False,
+    )
+    for col in ("", "configuration", "max /s", f"p99 ms at {result.rps:,.0f}/s",
+                "CPU cores", f"{cur}/1M predictions", "J/prediction", "objective"):  # fmt: skip
+        shown.add_column(col)
+    for i, p in enumerate(result.points):
+        t = p.target
+        shown.add_row(
+            ("*" if i in result.front else "") + ("→" if p is result.best else ""),
+            p.config.label,
+            f"{p.capacity.goodput:,.0f}" + ("" if p.capacity.stable else " (unstable)"),
+            "—" if t is None or t.p99_ms is None else f"{t.p99_ms:.2f}",
+            "—" if t is None else f"{t.cores:.2f}" + ("" if t.stable else " (unstable)"),
+            "—" if p.cost_per_million is None else f"{p.cost_per_million:.4g}",
+            "—" if p.joules_per_prediction is None else f"{p.joules_per_prediction:.3g}",
+            "met" if p.meets else p.why_not,
+        )
+    out.print(shown)
+    if result.best is None:
+        out.print("no configuration measured here meets the objective", highlight=False)
+    else:
+        b = result.best
+        out.print(
+            f"cheapest that meets it: {b.config.label} — {b.cost_per_million:.4g} {cur} per 1M "
+            f"predictions, p99 {b.target.p99_ms:.2f} ms, {b.target.cores:.2f} cores busy",
+            highlight=False,
+        )
+    for phase in ("training", "inference"):
+        part = result.hardware[phase]
+        rec = part["recommended"]
+        price = "money" if phase == "training" else "per_million"
+        unit = cur if phase == "training" else f"{cur}/1M"
+        hw = Table(title=f"hardware for {phase} (→ recommended)")
+        for col in ("device", unit, "", "figures"):
+            hw.add_column(col)
+        for o in part["options"]:
+            hw.add_row(
+                ("→ " if o is rec else "") + o["device"],
+                "—" if o[price] is None else f"{o[price]:.4g}",
+                "estimate" if o["estimated"] else "measured",
+                o["figures"],
+            )
+        out.print(hw)
+        whole = part.get("whole_run")
+        if whole:
+            out.print(
+                f"the whole training run here (search included): {whole['seconds']:.3g} s, "
+                f"{whole['money']:.3g} {cur}",
+                highlight=False,
+            )
+    err.print(
+        f"note: GPU figures are estimates from the graph's FLOPs "
+        f"({result.hardware['flops_per_row']:,.0f} per row) and declared device specs, not "
+        "measurements; --json gives each formula with its numbers",
+        highlight=False,
+    )
+    for note in result.notes:
+        err.print(f"note: {note}", highlight=False)
+
+
 def _write_report_html(result: Any, html: Path) -> None:
     from tandem.ledger.html import render_html, write_html
     from tandem.ledger.report import projection_rows, table_rows

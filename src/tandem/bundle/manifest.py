@@ -108,6 +108,14 @@ class Manifest:
         """Name of the graph output: class probabilities, or a (n, 1) value for regression."""
         return "probabilities" if self.task == "classification" else "value"
 
+    def example_row(self) -> dict[str, Any]:
+        """A valid input row: 0.0 for numbers, the first known category for text (warm-up
+        calls, synthetic load)."""
+        return {
+            c.name: (c.categories[0] if c.categories else "") if c.kind == "categorical" else 0.0
+            for c in self.inputs
+        }
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,

@@ -91,12 +91,7 @@ def load_runner(
 
 def _warm(predictor: Predictor, batcher: Batcher, compute: Callable[[Any], Outputs]) -> None:
     """Run every code path once (ONNX Runtime allocates on first use) and fit the cost model."""
-    example: dict[str, Any] = {}
-    for spec in predictor.manifest.inputs:
-        if spec.kind == "categorical":
-            example[spec.name] = spec.categories[0] if spec.categories else ""
-        else:
-            example[spec.name] = 0.0
+    example = predictor.manifest.example_row()
     limit = batcher.config.max_batch or batcher.config.max_batch_limit
     for n in WARMUP_SIZES:
         if n > limit:

@@ -1,0 +1,237 @@
+"""``tandem advise``: the sweep's rules as properties, and the command against real
+``tandem serve`` processes under real load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tandem import Registry, Settings
+from tandem.ledger.advise import (
+    GAIN,
+    TOLERANCE,
+    Config,
+    Phase,
+    Point,
+    _chain,
+    cheapest,
+    pareto,
+    settled,
+    sweep,
+)
+from tandem.ledger.meter import Profile
+from tests.helpers import TANDEM, cli_env
+
+
+def phase(goodput: float, p99: float | None = 1.0, cores: float = 0.5, failed: int = 0) -> Phase:
+    return Phase(
+        windows=3, stable=True, goodput=goodput, p50_ms=p99, p99_ms=p99, cores=cores,
+        client_cores=0.1, ok=int(goodput * 3), failed=failed, profile=Profile(3.0, cores * 3, 1.0),
+    )  # fmt: skip
+
+
+# --- the stability rule --------------------------------------------------------------------
+
+
+@given(st.floats(0.01, 1e6), st.floats(0.01, 100))
+def test_windows_that_agree_settle_whatever_the_scale(x: float, scale: float) -> None:
+    assert settled([x * 5, x, x * (1 + TOLERANCE / 2), x])
+    assert settled([x, x * 1.04, x]) == settled([x * scale, x * 1.04 * scale, x * scale])
+
+
+@given(st.lists(st.floats(0.1, 1e4), min_size=3, max_size=8))
+def test_settled_means_the_last_three_within_ten_percent(values: list[float]) -> None:
+    last = values[-3:]
+    assert settled(values) == (max(last) - min(last) <= TOLERANCE * max(last))
+    assert not settled(values[-2:])  # fewer than three windows never settle
+
+
+def test_a_coarse_clock_is_not_mistaken_for_noise() -> None:
+    # 0.03 cores in 1 s windows at 100 ticks/s: one tick is a third of the figure
+    assert not settled([0.03, 0.04, 0.03])
+    assert settled([0.03, 0.04, 0.03], floor=0.02)
+
+
+# --- the sweep -----------------------------------------------------------------------------
+
+GRID = {"variant": ["fp32"], "threads": [1, 2, 4], "max_batch": [0, 8, 32, 128],
+        "processes": [1, 2, 4]}  # fmt: skip
+ALL = [
+    Config("fp32", t, b, p)
+    for t in GRID["threads"]
+    for b in GRID["max_batch"]
+    for p in GRID["processes"]
+]
+
+
+@given(st.lists(st.floats(1, 1e4), min_size=len(ALL), max_size=len(ALL)))
+def test_the_sweep_walks_each_dimension_until_a_step_gains_under_five_percent(
+    capacities: list[float],
+) -> None:
+    table = dict(zip(ALL, capacities, strict=True))
+    measured: list[Config] = []
+
+    def measure(c: Config) -> Point:
+        measured.append(c)
+        return Point(c, phase(table[c]), phase(100.0), 100.0, 10.0)
+
+    points = sweep(measure, GRID)
+    assert measured[0] == Config()  # the defaults first
+    assert len(measured) == len(set(measured)) == len(points)  # each once
+    for i, c in enumerate(measured[1:], 1):  # one dimension at a time
+        assert any(_differ(c, o) == 1 for o in measured[:i])
+    # the last walk (processes): up its chain from the first value, every other setting held,
+    # going on while each step gains >= 5% and stopping after the first that does not
+    last = measured[-1]
+    chain = sorted(_chain("processes", GRID["processes"]))
+    walk = [c for c in measured if replace(c, processes=last.processes) == last]
+    values = [c.processes for c in walk]
+    assert values == chain[: len(values)]
+    steps = [table[c] for c in walk]
+    for i in range(1, len(steps)):
+        gained = steps[i] >= (1 + GAIN) * steps[i - 1]
+        assert gained or i == len(steps) - 1, "the walk went on after a small gain"
+    if len(values) < len(chain):
+        assert len(steps) >= 2 and steps[-1] < (1 + GAIN) * steps[-2], "stopped after a gain"
+
+
+def _differ(a: Config, b: Config) -> int:
+    return sum(x != y for x, y in zip(vars(a).values(), vars(b).values(), strict=True))
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+
+@given(st.lists(st.tuples(st.floats(1, 1e4), st.floats(0.1, 100), st.floats(0.001, 1)),
+                min_size=1, max_size=12))  # fmt: skip
+def test_the_pareto_front_is_exactly_the_undominated(
+    rows: list[tuple[float, float, float]],
+) -> None:
+    points = [
+        replace(
+            Point(Config(threads=i + 1), phase(cap), phase(10, p99), 10, 50), cost_per_million=c
+        )
+        for i, (cap, p99, c) in enumerate(rows)
+    ]
+    keys = [(-cap, p99, c) for cap, p99, c in rows]
+    front = pareto(points)
+    for i, k in enumerate(keys):
+        dominated = any(_dominates(o, k) for o in keys)
+        assert (i in front) == (not dominated)
+
+
+def test_the_cheapest_that_meets_the_objective_is_chosen() -> None:
+    ok = replace(Point(Config(), phase(500), phase(100, 8.0), 100, 10), cost_per_million=0.02)
+    cheaper_but_slow = replace(
+        Point(Config(threads=2), phase(600), phase(100, 12.0), 100, 10), cost_per_million=0.01
+    )
+    failing = replace(
+        Point(Config(processes=2), phase(900), phase(100, 2.0, failed=3), 100, 10),
+        cost_per_million=0.001,
+    )
+    too_small = Point(Config(max_batch=8), phase(50), None, 100, 10)
+    assert cheapest([ok, cheaper_but_slow, failing, too_small]) is ok
+    assert not cheaper_but_slow.meets and "over 10 ms" in cheaper_but_slow.why_not
+    assert not failing.meets and "3 requests failed" in failing.why_not
+    assert "below 100/s" in too_small.why_not
+    assert cheapest([cheaper_but_slow, too_small]) is None
+
+
+# --- the command, for real -----------------------------------------------------------------
+
+
+def advise_cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    # wide enough that table cells are not wrapped mid-phrase
+    return subprocess.run(
+        [*TANDEM, "advise", *args], env=cli_env(home) | {"COLUMNS": "300"}, capture_output=True,
+        text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _serving_processes(home: Path) -> list[int]:
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            mine = f"TANDEM_HOME={home}".encode() in environ.read_bytes().split(b"\0")
+            if mine and b"serve" in (environ.parent / "cmdline").read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_advise_measures_real_servers_and_recommends_the_cheapest(models_home: Path) -> None:
+    done = advise_cli(
+        models_home, "num:1", "--p99-ms", "250", "--rps", "40", "--threads", "1",
+        "--max-batch", "0", "--processes", "1,2", "--window-s", "0.4", "--max-windows", "8",
+        "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    advice = json.loads(done.stdout)
+    labels = [p["label"] for p in advice["points"]]
+    assert labels[0] == Config().label and len(labels) == len(set(labels)) >= 1
+    for p in advice["points"]:
+        assert p["capacity"]["goodput"] > 40 and p["capacity"]["windows"] >= 3
+        target = p["target"]
+        assert target is not None and target["ok"] > 0
+        # the open loop held the rate, and the server's CPU was really read from /proc
+        assert target["goodput"] == pytest.approx(40, rel=0.25)
+        assert 0 < target["cores"] < 4
+        assert p["cost_per_million"] > 0 and p["joules_per_prediction"] > 0
+    best = advice["points"][advice["best"]]
+    assert best["meets"] and best["target"]["p99_ms"] <= 250
+    assert best["cost_per_million"] == min(
+        p["cost_per_million"] for p in advice["points"] if p["meets"]
+    )
+    assert advice["pareto"]
+    # hardware: this machine measured, every declared GPU estimated and labelled so
+    inference = advice["hardware"]["inference"]["options"]
+    assert inference[0]["estimated"] is False
+    assert {o["device"] for o in inference if o["estimated"]} >= {"T4", "H100"}
+    training = advice["hardware"]["training"]["options"]
+    assert training[0]["estimated"] is False and training[0]["seconds"] > 0
+    gpu_fits = [o for o in training if o["estimated"]]
+    assert gpu_fits and all(o["seconds"] > 0 and "estimated" in o["how"] for o in gpu_fits)
+    assert advice["hardware"]["flops_per_row"] > 0
+    # nothing left running, and the synthetic load is not booked as the model's serving
+    assert _serving_processes(models_home) == []
+    with Registry(Settings(home=models_home)) as reg:
+        assert reg.runs("num", 1, phase="serve") == []
+
+
+@pytest.mark.slow
+def test_an_objective_out_of_reach_is_said_plainly(models_home: Path) -> None:
+    done = advise_cli(
+        models_home, "mixed", "--p99-ms", "5", "--rps", "1000000", "--threads", "1",
+        "--max-batch", "0", "--processes", "1", "--window-s", "0.3", "--max-windows", "6",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "no configuration measured here meets the objective" in text
+    assert "below 1,000,000/s" in text
+    assert "no estimate" in text  # no FLOPs model for training trees on a GPU, said so
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["num", "--p99-ms", "10", "--rps", "0"], "--rps and --p99-ms must be > 0"),
+        (["num", "--p99-ms", "10", "--rps", "5", "--threads", "one"], "whole numbers"),
+        (["num", "--p99-ms", "10", "--rps", "5", "--processes", "0"], "must be >= 1"),
+        (["nope", "--p99-ms", "10", "--rps", "5"], "no model named 'nope'"),
+        (["num", "--rps", "5"], "--p99-ms"),
+    ],
+)
+def test_bad_usage_exits_2(models_home: Path, args: list[str], message: str) -> None:
+    done = advise_cli(models_home, *args, timeout=60)
+    assert done.returncode == 2
+    assert message in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
