@@ -39,6 +39,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_batch.py
 	$(BIN)/python benchmarks/bench_ledger.py
+	$(BIN)/python benchmarks/bench_advise.py
 
 clean:
 	rm -rf $(VENV) .tandem .pytest_cache .mypy_cache .ruff_cache

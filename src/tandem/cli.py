@@ -604,6 +604,9 @@ def advise(
     max_windows: Annotated[
         int, typer.Option(help="Windows before a phase gives up settling.")
     ] = 10,
+    confirm_rounds: Annotated[
+        int, typer.Option(help="Times the finalists (and the defaults) are measured again.")
+    ] = 2,
     prices: Annotated[
         Path | None, typer.Option(help="Price table (TOML) over the defaults, as for report.")
     ] = None,
@@ -647,7 +650,8 @@ def advise(
     with Registry() as reg:
         result = run_advise(
             reg, ref, rps=rps, slo_p99_ms=p99_ms, grid=grid, rows_per_request=rows_per_request,
-            window_s=window_s, max_windows=max_windows, prices=table, devices=specs,
+            window_s=window_s, max_windows=max_windows, confirm_rounds=confirm_rounds,
+            prices=table, devices=specs,
             on_point=None if as_json else progress,
         )  # fmt: skip
     if as_json:
@@ -676,7 +680,8 @@ def _render_advice(result: Any) -> None:
             "—" if t is None else f"{t.cores:.2f}" + ("" if t.stable else " (unstable)"),
             "—" if p.cost_per_million is None else f"{p.cost_per_million:.4g}",
             "—" if p.joules_per_prediction is None else f"{p.joules_per_prediction:.3g}",
-            "met" if p.meets else p.why_not,
+            ("met" if p.meets else p.why_not)
+            + (f" ({p.met_rounds} of {p.rounds} rounds)" if p.meets and p.rounds > 1 else ""),
         )
     out.print(shown)
     if result.best is None:

@@ -21,6 +21,7 @@ from tandem.ledger.advise import (
     Point,
     _chain,
     cheapest,
+    confirm,
     pareto,
     settled,
     sweep,
@@ -142,6 +143,40 @@ def test_the_cheapest_that_meets_the_objective_is_chosen() -> None:
     assert not failing.meets and "3 requests failed" in failing.why_not
     assert "below 100/s" in too_small.why_not
     assert cheapest([cheaper_but_slow, too_small]) is None
+    # within 5% is a tie, which the configuration reserving fewer cores wins
+    near = replace(
+        Point(Config(threads=2), phase(600), phase(100, 3.0), 100, 10), cost_per_million=0.0195
+    )
+    assert cheapest([ok, near]) is ok
+    clearly = replace(near, cost_per_million=0.015)
+    assert cheapest([ok, clearly]) is clearly
+
+
+def test_finalists_are_measured_again_and_a_lucky_one_loses() -> None:
+    # the sweep saw "lucky" cheap; measured again it misses the objective once: out. The
+    # defaults are always among the finalists, and keep their median measurement.
+    seen = {
+        Config(): [0.020, 0.022, 0.018],
+        Config(threads=2): [0.010, 0.030, 0.031],
+        Config(processes=2): [0.050],
+    }
+    misses = {(Config(threads=2), 2)}
+    calls: dict[Config, int] = {}
+
+    def measure(c: Config) -> Point:
+        i = calls[c] = calls.get(c, 0) + 1
+        p99 = 99.0 if (c, i) in misses else 5.0
+        return replace(Point(c, phase(500), phase(100, p99), 100, 10), cost_per_million=seen[c][i])
+
+    first = [replace(Point(c, phase(500), phase(100, 5.0), 100, 10), cost_per_million=v[0])
+             for c, v in seen.items()]  # fmt: skip
+    confirmed = confirm(measure, first, rounds=2)
+    by = {p.config: p for p in confirmed}
+    assert calls == {Config(threads=2): 2, Config(): 2}  # too dear to be a finalist: not again
+    assert by[Config()].rounds == 3 and by[Config()].cost_per_million == 0.020  # the median
+    assert not by[Config(threads=2)].meets and "2 of 3 rounds" in by[Config(threads=2)].why_not
+    assert cheapest(confirmed) is by[Config()]
+    assert confirm(measure, first, rounds=0) == first
 
 
 # --- the command, for real -----------------------------------------------------------------
@@ -172,7 +207,7 @@ def test_advise_measures_real_servers_and_recommends_the_cheapest(models_home: P
     done = advise_cli(
         models_home, "num:1", "--p99-ms", "250", "--rps", "40", "--threads", "1",
         "--max-batch", "0", "--processes", "1,2", "--window-s", "0.4", "--max-windows", "8",
-        "--json",
+        "--confirm-rounds", "1", "--json",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     advice = json.loads(done.stdout)
@@ -187,10 +222,11 @@ def test_advise_measures_real_servers_and_recommends_the_cheapest(models_home: P
         assert 0 < target["cores"] < 4
         assert p["cost_per_million"] > 0 and p["joules_per_prediction"] > 0
     best = advice["points"][advice["best"]]
+    # the defaults met the objective, so they were measured again with the finalists
+    assert advice["points"][0]["rounds"] == 2 and best["rounds"] == 2
     assert best["meets"] and best["target"]["p99_ms"] <= 250
-    assert best["cost_per_million"] == min(
-        p["cost_per_million"] for p in advice["points"] if p["meets"]
-    )
+    least = min(p["cost_per_million"] for p in advice["points"] if p["meets"])
+    assert least <= best["cost_per_million"] <= (1 + GAIN) * least
     assert advice["pareto"]
     # hardware: this machine measured, every declared GPU estimated and labelled so
     inference = advice["hardware"]["inference"]["options"]

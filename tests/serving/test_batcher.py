@@ -96,7 +96,10 @@ def test_a_lone_request_runs_at_once_and_batches_grow_under_load(inline_s: float
     compute, sizes = rowwise(fixed=0.02)
 
     async def main() -> None:
-        batcher = Batcher(compute, BatcherConfig(max_batch=64, inline_s=inline_s))
+        # a generous deadline: this is about batch sizes, and a VM stall during the first batch
+        # (seen: one of 20 ms took ~0.6 s) must not make admission refuse the 30 that follow
+        config = BatcherConfig(max_batch=64, inline_s=inline_s, timeout_s=30.0)
+        batcher = Batcher(compute, config)
         started = time.perf_counter()
         out = await batcher.submit(feed_of(np.ones((1, 2))), 1)
         # no timer: one 20 ms batch, not a wait for company
