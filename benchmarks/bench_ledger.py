@@ -1,6 +1,6 @@
 """The cost ledger: what metering costs, and whether a projection holds.
 
-    PYTHONPATH=src python benchmarks/bench_ledger.py [--quick]
+    PYTHONPATH=src python benchmarks/bench_ledger.py [--quick]   # ~10 min; --quick ~4
 
 1. **Meter overhead** (goal: < 1 %).
    * Training: the same LightGBM and MLP fits with and without the per-epoch meter
@@ -8,18 +8,20 @@
      laps × the measured cost of one lap ÷ the fit's time.
    * Serving: the CPU time of one ledger record (a flush: Prometheus deltas, /proc reads, one
      SQLite transaction) ÷ the recording interval (60 s by default; 1 s shown too).
-2. **Projection vs a held-out run** (goal: within ±10 %).
+2. **Projection vs a held-out run** (goal: within ±10 %), repeated in pairs (a short run,
+   then the held-out runs it predicts) because this machine drifts within minutes.
    * Serving: a real ``tandem serve`` process (pinned to one CPU, the load generator on the
      other) records 1-s intervals through a short run (idle, then open-loop at rate R1); the
      report's fitted model (idle CPU rate + CPU per request) then predicts what a longer run at
      another rate R2 costs; the longer run is measured and priced from its own records.
    * Training: the ledger's retrain projection (a retrain costs what the measured run did):
-     the first run's cost against each later run of the same recipe, measured.
+     each run's cost against the next run of the same recipe, measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -148,14 +150,14 @@ def _table(n: int, seed: int = 0) -> Any:
 
 
 def serving_projection(
-    short: list[tuple[float, float]], held_out: list[tuple[float, float]]
+    short: list[tuple[float, float]], held_out: list[tuple[float, float]], pairs: int
 ) -> list[dict[str, Any]]:
-    """Measure the ``short`` runs, (seconds, req/s) each, after 5 s idle; predict each
-    ``held_out`` run from them."""
+    """``pairs`` times over: measure the ``short`` runs, (seconds, req/s) each, after 5 s
+    idle, and predict from them each ``held_out`` run that follows. Repeated because this
+    machine drifts by more than the goal within minutes: one pair is one sample."""
     import tandem
     from tandem import Registry, Settings
-    from tandem.ledger.cost import PriceTable, cost_of
-    from tandem.ledger.report import _serving, _total, serving_profile
+    from tandem.ledger.cost import PriceTable
     from tandem.serving.loadtest import announced_port
 
     cpus = sorted(os.sched_getaffinity(0))
@@ -179,12 +181,13 @@ def serving_projection(
             row = _table(1).drop_columns(["y"]).to_pylist()[0]
             body.write_text(json.dumps({"dataframe_records": [row]}))
             url = f"http://127.0.0.1:{port}/invocations"
-            for n, (seconds, rate) in enumerate([*short, *held_out]):
-                start = datetime.now(UTC)
-                time.sleep(5 if n == 0 else 1.5)  # the short run starts idle: the idle rate
-                _load(url, body, rate, seconds, load_cpu)
-                time.sleep(2)
-                windows.append((start, datetime.now(UTC)))
+            for _ in range(pairs):
+                for n, (seconds, rate) in enumerate([*short, *held_out]):
+                    start = datetime.now(UTC)
+                    time.sleep(5 if n == 0 else 1.5)  # the short run starts idle: the idle rate
+                    _load(url, body, rate, seconds, load_cpu)
+                    time.sleep(2)
+                    windows.append((start, datetime.now(UTC)))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -196,6 +199,25 @@ def serving_projection(
         # a record belongs to the window it was written in (it covers the second before)
         return [r for r in runs if window[0] < r.finished_at <= window[1]]
 
+    results = []
+    per_pair = len(short) + len(held_out)
+    for pair in range(pairs):
+        mine = windows[pair * per_pair : (pair + 1) * per_pair]
+        results += _pair(pair, short, held_out, mine, within, prices)
+    return results
+
+
+def _pair(
+    pair: int,
+    short: list[tuple[float, float]],
+    held_out: list[tuple[float, float]],
+    windows: list[tuple[datetime, datetime]],
+    within: Any,
+    prices: Any,
+) -> list[dict[str, Any]]:
+    from tandem.ledger.cost import cost_of
+    from tandem.ledger.report import _serving, _total, serving_profile
+
     figures = _serving([r for w in windows[: len(short)] for r in within(w)], prices)
     assert figures is not None
     results = []
@@ -206,6 +228,7 @@ def serving_projection(
         predicted = serving_profile(figures, seconds=measured.wall_seconds, requests=requests)
         m_cost, p_cost = cost_of(measured, prices), cost_of(predicted, prices)
         results.append({
+            "pair": pair + 1,
             "short": {"seconds": sum(x[0] for x in short),
                       "rates": [x[1] for x in short], "requests": figures.requests,
                       "idle_cpu_per_s": figures.idle_cpu_per_s,
@@ -245,10 +268,10 @@ def training_projection(runs: int) -> dict[str, Any]:
                          params={"max_rounds": 300, "patience": 300}, registry=reg)  # fmt: skip
         prices = PriceTable.load(settings=reg.settings)
         costs = [cost_of(profile_of(r), prices).money for r in reg.runs("m", phase="train")]
-    predicted = costs[0]
-    # the projection predicts a retrain from the measured run: predicted / measured - 1
-    errors = [predicted / c - 1 for c in costs[1:]]
-    return {"predicted": predicted, "measured": costs[1:], "errors": errors,
+    # the projection predicts a retrain from the last measured run (the report reads the
+    # version's own record): each run predicts the next, predicted / measured - 1
+    errors = [a / b - 1 for a, b in itertools.pairwise(costs)]
+    return {"costs": costs, "errors": errors,
             "median_abs_error": median([abs(e) for e in errors])}  # fmt: skip
 
 
@@ -264,7 +287,8 @@ def main() -> None:
     # rates, what the nearest measured rate gives (the report flags such a projection)
     serving = serving_projection(
         [(10, 200), (10, 800)] if quick else [(15, 200), (15, 800)],
-        [(20, 200), (20, 400), (15, 50)] if quick else [(60, 200), (40, 400), (30, 50)],
+        [(20, 200), (20, 400), (15, 50)] if quick else [(60, 200), (40, 400), (20, 50)],
+        pairs=2 if quick else 3,
     )
     training = training_projection(runs=3 if quick else 5)
 
@@ -281,20 +305,27 @@ def main() -> None:
     print(text_table(
         ["phase", "measured from", "predicts", "predicted", "measured", "error"],
         [
-            *[["serving", f"{s['short']['seconds']:.0f} s at {'+'.join(f'{r:.0f}' for r in s['short']['rates'])} req/s "
+            *[[f"serving {s['pair']}", f"{s['short']['seconds']:.0f} s at {'+'.join(f'{r:.0f}' for r in s['short']['rates'])} req/s "
                f"(idle {s['short']['idle_cpu_per_s']:.2%} core, {s['short']['cpu_per_request_ms']:.3f} ms CPU/req)",
                f"{s['held_out']['load_s']:.0f} s at {s['held_out']['rate']:.0f} req/s "
                f"({s['held_out']['requests']:,} requests)",
                f"{s['cpu_s']['predicted']:.2f} CPU-s, ${s['money']['predicted']:.3e}",
                f"{s['cpu_s']['measured']:.2f} CPU-s, ${s['money']['measured']:.3e}",
                f"{s['error']:+.1%}"] for s in serving],
-            *[["training", "run 1", f"retrain {i + 2}", f"${training['predicted']:.3e}",
-               f"${m:.3e}", f"{e:+.1%}"]
-              for i, (m, e) in enumerate(zip(training["measured"], training["errors"], strict=True))],
+            *[["training", f"run {i + 1}", f"retrain {i + 2}", f"${training['costs'][i]:.3e}",
+               f"${training['costs'][i + 1]:.3e}", f"{e:+.1%}"]
+              for i, e in enumerate(training["errors"])],
         ],
     ))  # fmt: skip
+    by_kind: dict[str, list[float]] = {}
+    for s in serving:
+        kind = f"{s['held_out']['load_s']:.0f} s at {s['held_out']['rate']:.0f} req/s"
+        by_kind.setdefault(kind, []).append(s["error"])
+    for kind, errs in by_kind.items():
+        print(f"serving, {kind}: median error {median(errs):+.1%} over {len(errs)} pairs "
+              f"({', '.join(f'{e:+.1%}' for e in errs)})")  # fmt: skip
     print(f"training: median |error| {training['median_abs_error']:.1%} over "
-          f"{len(training['errors'])} retrains")  # fmt: skip
+          f"{len(training['errors'])} consecutive pairs")  # fmt: skip
     payload = {"machine": machine(), "fits": fits, "flush": flush, "serving": serving,
                "training": training}  # fmt: skip
     print("\n" + markdown_table(["fit", "ratio", "direct"], [[f["fit"], f"{f['ratio']:.4f}",
