@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -647,6 +648,9 @@ def advise(
             highlight=False,
         )
 
+    # SIGTERM (a killed terminal, a job scheduler) unwinds like Ctrl-C, so the servers and load
+    # generators the sweep started are stopped and its temporary files removed
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with Registry() as reg:
         result = run_advise(
             reg, ref, rps=rps, slo_p99_ms=p99_ms, grid=grid, rows_per_request=rows_per_request,

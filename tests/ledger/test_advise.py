@@ -102,6 +102,30 @@ def test_the_sweep_walks_each_dimension_until_a_step_gains_under_five_percent(
         assert len(steps) >= 2 and steps[-1] < (1 + GAIN) * steps[-2], "stopped after a gain"
 
 
+def test_each_walk_starts_from_the_best_of_the_last() -> None:
+    # 2 threads is best; the batch walk must hold 2 threads, and the process walk its best batch
+    capacity = {Config(): 100.0, Config(threads=2): 200.0, Config(threads=4): 150.0}
+    capacity |= {
+        Config(threads=2, max_batch=b): c for b, c in ((8, 150.0), (32, 300.0), (128, 290.0))
+    }
+    capacity |= {
+        Config(threads=2, max_batch=32, processes=n): c for n, c in ((2, 500.0), (4, 480.0))
+    }
+    measured: list[Config] = []
+
+    def measure(c: Config) -> Point:
+        measured.append(c)
+        return Point(c, phase(capacity[c]), phase(100.0), 100.0, 10.0)
+
+    sweep(measure, GRID)
+    assert measured == [
+        Config(), Config(threads=2), Config(threads=4),
+        Config(threads=2, max_batch=8), Config(threads=2, max_batch=32),
+        Config(threads=2, max_batch=128),
+        Config(threads=2, max_batch=32, processes=2), Config(threads=2, max_batch=32, processes=4),
+    ]  # fmt: skip
+
+
 def _differ(a: Config, b: Config) -> int:
     return sum(x != y for x, y in zip(vars(a).values(), vars(b).values(), strict=True))
 
@@ -195,7 +219,8 @@ def _serving_processes(home: Path) -> list[int]:
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
             mine = f"TANDEM_HOME={home}".encode() in environ.read_bytes().split(b"\0")
-            if mine and b"serve" in (environ.parent / "cmdline").read_bytes():
+            command = (environ.parent / "cmdline").read_bytes()
+            if mine and (b"serve" in command or b"tandem.serving" in command):
                 found.append(int(environ.parent.name))
         except OSError:
             continue
@@ -261,6 +286,8 @@ def test_an_objective_out_of_reach_is_said_plainly(models_home: Path) -> None:
     ("args", "message"),
     [
         (["num", "--p99-ms", "10", "--rps", "0"], "--rps and --p99-ms must be > 0"),
+        (["num", "--p99-ms", "inf", "--rps", "5"], "finite"),
+        (["num", "--p99-ms", "10", "--rps", "5", "--processes", "1,65"], "at most 64"),
         (["num", "--p99-ms", "10", "--rps", "5", "--threads", "one"], "whole numbers"),
         (["num", "--p99-ms", "10", "--rps", "5", "--processes", "0"], "must be >= 1"),
         (["nope", "--p99-ms", "10", "--rps", "5"], "no model named 'nope'"),

@@ -156,3 +156,23 @@ def test_processes_share_one_port_and_a_dead_one_is_replaced(models_home: Path) 
 def test_processes_must_be_a_sensible_count(models_home: Path) -> None:
     code, err = stop(start(models_home, "num", "--processes", "0"), signal_it=False)
     assert code == 2 and "--processes must be between 1 and 64" in err
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_supervisor(models_home: Path) -> None:
+    from tandem.serving.loadtest import announced_port
+
+    proc = start(models_home, "num", "--processes", "2", "--port", "0")
+    try:
+        announced_port(proc)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        proc.kill()  # SIGKILL: no chance to stop them itself
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+            time.sleep(0.1)
+        left = [w for w in workers if Path(f"/proc/{w}/stat").exists()
+                and Path(f"/proc/{w}/stat").read_text().split(") ")[1][0] != "Z"]  # fmt: skip
+        assert left == [], "workers kept serving after their supervisor died"
+    finally:
+        stop(proc)

@@ -56,6 +56,7 @@ from tandem.ledger.hardware import host, usable_cores
 from tandem.ledger.meter import Profile, process_cpu_seconds
 from tandem.ledger.records import profile_of
 from tandem.registry import ModelVersion, Registry
+from tandem.serving.workers import die_with_parent
 
 __all__ = [
     "Advice",
@@ -103,6 +104,8 @@ class Config:
         )
 
     def serve_args(self) -> list[str]:
+        if self.variant != "fp32":  # the only runtime variant of a Bundle so far
+            raise UsageError(f"no '{self.variant}' variant of this model exists; try fp32")
         args = ["--threads", str(self.threads), "--processes", str(self.processes)]
         return args + (["--max-batch", str(self.max_batch)] if self.max_batch else [])
 
@@ -165,8 +168,10 @@ class Point:
             return f"capacity {self.capacity.goodput:,.0f}/s is below {self.rps:,.0f}/s"
         if t.failed:
             return f"{t.failed} requests failed or were not sent"
-        if t.p99_ms is None or t.p99_ms > self.slo_p99_ms:
-            return f"p99 {t.p99_ms} ms is over {self.slo_p99_ms:g} ms"
+        if t.p99_ms is None:
+            return "no request succeeded at the target rate"
+        if t.p99_ms > self.slo_p99_ms:
+            return f"p99 {t.p99_ms:.1f} ms is over {self.slo_p99_ms:g} ms"
         if t.goodput < 0.95 * self.rps:
             return f"kept up with {t.goodput:,.0f}/s of {self.rps:,.0f}/s"
         return ""
@@ -336,6 +341,18 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+def _max_connections() -> int:
+    """Connections one load generator may open: 4,096, or fewer where the open-file limit is
+    lower (each is a file descriptor), keeping room for everything else."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return 1024
+    return 4096 if soft == resource.RLIM_INFINITY else max(32, min(4096, soft - 128))
+
+
 def _rss_mb(pids: Sequence[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -411,7 +428,9 @@ class Sweep:
             target = None
             if capacity.goodput >= self.rps:
                 # enough connections for every request in flight at 3x the objective
-                conns = min(4096, max(32, math.ceil(self.rps * self.slo_p99_ms / 1e3 * 3)))
+                conns = min(
+                    _max_connections(), max(32, math.ceil(self.rps * self.slo_p99_ms / 1e3 * 3))
+                )
                 target = self._phase(
                     pid, url, ["--rate", f"{self.rps:g}", "--connections", str(conns)], "cores"
                 )
@@ -434,8 +453,9 @@ class Sweep:
         command = [sys.executable, "-c", "from tandem.cli import main; main()", "serve", self.ref,
                    "--port", "0", "--ledger-interval", "0", "--poll-s", "0", *config.serve_args()]  # fmt: skip
         proc = subprocess.Popen(
-            command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
+            command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
         try:
             try:
                 port = announced_port(proc, timeout=120)
@@ -462,52 +482,61 @@ class Sweep:
         command = [sys.executable, str(LOADGEN), "--url", url, "--body-file", str(self._body_file),
                    "--window", f"{self.window_s:g}",
                    "--duration", f"{self.window_s * self.max_windows:g}", *args]  # fmt: skip
-        client = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        assert client.stdout is not None
-        marks = [_mark(server, client.pid)]
-        windows: list[dict[str, Any]] = []
-        figures: list[float] = []
-        floor = 2 / os.sysconf("SC_CLK_TCK") / self.window_s if steady == "cores" else 0.0
-        stable = False
-        summary: dict[str, Any] = {}
-        try:
-            for line in client.stdout:
-                data = orjson.loads(line)
-                if "window" not in data:
-                    summary = data
-                    break
-                if stable:  # a window after the stop signal: partial, not one of the settled
-                    continue
-                marks.append(_mark(server, client.pid))
-                windows.append(data)
-                a, b = marks[-2], marks[-1]
-                figures.append(
-                    data["goodput"] if steady == "goodput" else (b.cpu - a.cpu) / (b.at - a.at)
-                )
-                if not stable and settled(figures, floor):
-                    stable = True
-                    client.send_signal(signal.SIGINT)  # ends the sending; the summary follows
-            client.wait(30)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait()
+        # its stderr goes to a file: a pipe nobody reads while it runs could fill and block it
+        with tempfile.TemporaryFile(mode="w+") as errors:
+            client = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                preexec_fn=die_with_parent,
+            )
+            assert client.stdout is not None
+            marks: list[_Mark] = []
+            windows: list[dict[str, Any]] = []
+            figures: list[float] = []
+            # /proc counts CPU in clock ticks, per process: the resolution of a window's figure
+            ticks = len(_tree(server))
+            floor = (
+                2 * ticks / os.sysconf("SC_CLK_TCK") / self.window_s if steady == "cores" else 0.0
+            )
+            stable = False
+            try:
+                for line in client.stdout:
+                    data = orjson.loads(line)
+                    if data.get("started"):
+                        marks = [_mark(server, client.pid)]  # window 1 starts now
+                        continue
+                    if "window" not in data:
+                        break  # the summary: everything needed came in the windows
+                    if stable or not marks:  # after the stop signal: partial, not a settled one
+                        continue
+                    marks.append(_mark(server, client.pid))
+                    windows.append(data)
+                    a, b = marks[-2], marks[-1]
+                    figures.append(
+                        data["goodput"] if steady == "goodput" else (b.cpu - a.cpu) / (b.at - a.at)
+                    )
+                    if settled(figures, floor):
+                        stable = True
+                        client.send_signal(signal.SIGINT)  # ends the sending; the summary follows
+                client.wait(30)
+            finally:
+                if client.poll() is None:
+                    client.kill()
+                    client.wait()
+                errors.seek(0)
+                told = errors.read().strip()[-500:]
         if len(windows) < SETTLED_WINDOWS:
             raise AdviseError(
                 f"the load generator gave {len(windows)} windows of figures, not "
-                f"{SETTLED_WINDOWS}: {client.stderr.read().strip() if client.stderr else ''}"
+                f"{SETTLED_WINDOWS}{': ' + told if told else ''}"
             )
-        return _phase_of(windows, marks, stable, summary, _rss_mb(_tree(server)))
+        return _phase_of(windows, marks, stable, _rss_mb(_tree(server)))
 
 
 def _phase_of(
-    windows: list[dict[str, Any]],
-    marks: list[_Mark],
-    stable: bool,
-    summary: dict[str, Any],
-    rss_mb: float,
+    windows: list[dict[str, Any]], marks: list[_Mark], stable: bool, rss_mb: float
 ) -> Phase:
     """The figures of the last three windows: those that settled, when they did."""
     n = SETTLED_WINDOWS
@@ -531,7 +560,7 @@ def _phase_of(
     goodputs = sorted(w["goodput"] for w in last)
     p99s = [w["p99_ms"] for w in last if w["p99_ms"] is not None]
     p50s = sorted(w["p50_ms"] for w in last if w["p50_ms"] is not None)
-    failed = sum(w["other"] + w["errors"] for w in last) + int(summary.get("client_dropped", 0))
+    failed = sum(w["other"] + w["errors"] + w["dropped"] for w in last)
     return Phase(
         windows=len(windows),
         stable=stable,
@@ -641,8 +670,12 @@ def advise(
     """Sweep the configurations of ``ref`` on this machine and advise (see the module)."""
     from tandem.bundle.store import load_bundle
 
-    if not rps > 0 or not slo_p99_ms > 0:
-        raise UsageError(f"--rps and --p99-ms must be > 0; got {rps:g} and {slo_p99_ms:g}")
+    if not (0 < rps < math.inf and 0 < slo_p99_ms < math.inf):
+        raise UsageError(
+            f"--rps and --p99-ms must be > 0 and finite; got {rps:g} and {slo_p99_ms:g}"
+        )
+    if any(v > 64 for v in (grid or {}).get("processes", ())):
+        raise UsageError("--processes values must be at most 64 (what tandem serve runs)")
     if rows_per_request < 1 or not window_s > 0 or max_windows < SETTLED_WINDOWS:
         raise UsageError(
             "--rows-per-request must be >= 1, --window-s > 0 and --max-windows >= "
@@ -652,6 +685,7 @@ def advise(
         raise UsageError(f"--confirm-rounds must be >= 0; got {confirm_rounds}")
     version = registry.get(ref)
     bundle = load_bundle(version.path, expected_digest=version.digest)
+    graph_cost(bundle.graph)  # a graph that cannot be counted fails now, not after the sweep
     body = orjson.dumps({"dataframe_records": [bundle.manifest.example_row()] * rows_per_request})
     env = dict(os.environ) | {"TANDEM_HOME": str(registry.settings.home.absolute())}
     bench = Sweep(

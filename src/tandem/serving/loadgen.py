@@ -122,15 +122,18 @@ class Stats:
         self.error_kinds[type(exc).__name__] += 1
 
 
-async def _windows(stats: Stats, seconds: float) -> None:
-    """Every ``seconds``, print the answers that arrived in the window just ended as one JSON
-    line, so that a caller can watch the figures settle and stop the run (SIGINT) once they
-    have: ``{"window": k, "ok": n, "other": n, "errors": n, "goodput": per s, "p50_ms",
-    "p99_ms"}`` (latencies of the 200s)."""
+async def _windows(stats: Stats, seconds: float, duration: float) -> None:
+    """Print ``{"started": true}``, then every ``seconds`` of the ``duration`` the answers that
+    arrived in the window just ended as one JSON line, so that a caller can watch the figures
+    settle and stop the run (SIGINT) once they have: ``{"window": k, "ok": n, "other": n,
+    "errors": n, "dropped": n, "goodput": per s, "p50_ms", "p99_ms"}`` (latencies of the
+    200s; ``dropped``: due requests with no idle connection)."""
     started = time.monotonic()
-    errors = 0
+    errors, dropped = stats.errors, stats.client_dropped  # connect failures are not window 1's
+    sys.stdout.write(json.dumps({"started": True}) + "\n")  # window 1 starts now
+    sys.stdout.flush()
     k = 0
-    while True:
+    while (k + 1) * seconds <= duration + 1e-9:  # whole windows of the sending only
         k += 1
         await asyncio.sleep(max(0.0, started + k * seconds - time.monotonic()))
         answers, stats.window = stats.window, []
@@ -140,11 +143,12 @@ async def _windows(stats: Stats, seconds: float) -> None:
             "ok": len(ok),
             "other": len(answers) - len(ok),
             "errors": stats.errors - errors,
+            "dropped": stats.client_dropped - dropped,
             "goodput": round(len(ok) / seconds, 2),
             "p50_ms": round(percentile(ok, 50) * 1e3, 3) if ok else None,
             "p99_ms": round(percentile(ok, 99) * 1e3, 3) if ok else None,
         }
-        errors = stats.errors
+        errors, dropped = stats.errors, stats.client_dropped
         stats.windows.append(line)
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
@@ -267,7 +271,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stop_waiter.add_done_callback(
             lambda f: None if f.cancelled() else stopped.append(time.monotonic())
         )
-        ticker = loop.create_task(_windows(stats, args.window)) if args.window else None
+        ticker = (
+            loop.create_task(_windows(stats, args.window, args.duration)) if args.window else None
+        )
         if args.closed:
             unfinished = await closed_loop(conns, args.duration, args.grace, stats)
         else:

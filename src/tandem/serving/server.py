@@ -2,7 +2,8 @@
 
 Order of start-up: every reference is resolved in the registry first (a typo fails at once,
 before anything binds); then the port is bound, so probes get answers (live 200, ready 503)
-while the models load and warm up; then readiness turns true. A model that fails to load at
+while the models load and warm up; then readiness turns true. (With ``--processes N`` a worker
+accepts only once ready, so until the first one is, connections wait in the backlog.) A model that fails to load at
 start stops the server with the error; one that fails on a later alias move is logged and the
 loaded version keeps serving.
 """

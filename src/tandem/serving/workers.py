@@ -40,7 +40,7 @@ from tandem.errors import ConfigError, UsageError
 from tandem.serving.batcher import BatcherConfig
 from tandem.serving.server import ServeOptions
 
-__all__ = ["MAX_RESTARTS", "serve_processes"]
+__all__ = ["MAX_RESTARTS", "die_with_parent", "serve_processes"]
 
 log = logging.getLogger("tandem.serving")
 
@@ -70,10 +70,14 @@ class _Worker:
         self.index = index
         self.ready = False
         payload = json.dumps({**spec, "index": index, "fd": sock.fileno(), "ready_fd": ready_w})
+        # its own process group: Ctrl-C reaches the supervisor only, which stops the workers
+        # in order (SIGTERM) instead of racing them; and it dies with the supervisor
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tandem.serving.workers"],
             stdin=subprocess.PIPE,
             pass_fds=(sock.fileno(), ready_w),
+            process_group=0,
+            preexec_fn=die_with_parent,
         )
         assert self.proc.stdin is not None
         self.proc.stdin.write(payload.encode())
@@ -90,8 +94,9 @@ def serve_processes(
 ) -> int:
     """Run ``processes`` workers serving ``refs`` on one port until SIGINT/SIGTERM; blocks.
 
-    ``on_ready(port, seconds)`` is called once every worker is ready. Returns the exit status
-    (0 after a requested stop; a worker's status if one failed at start-up).
+    ``on_ready(port, seconds)`` is called once every worker is ready. Returns the exit status:
+    0 after a requested stop (during start-up too); a worker's (128 + N for death by signal
+    N) if one failed while loading; 1 when they kept dying or never became ready.
     """
     if not 1 <= processes <= 64:
         raise UsageError(f"--processes must be between 1 and 64; got {processes}")
@@ -116,11 +121,12 @@ def serve_processes(
         stopping = True
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    workers = [_Worker(i, spec, sock, ready_w) for i in range(processes)]
+    workers: list[_Worker] = []
     restarts: deque[float] = deque()
     announced = False
     status = 0
     try:
+        workers += [_Worker(i, spec, sock, ready_w) for i in range(processes)]
         while not stopping:
             readable, _, _ = select.select([ready_r], [], [], 0.2)
             if readable:
@@ -136,28 +142,27 @@ def serve_processes(
                 break
             for i, w in enumerate(workers):
                 code = w.proc.poll()
-                if code is None:
+                if code is None or stopping:
                     continue
-                if not w.ready:  # failed while loading: its siblings would fail the same way
-                    status = code or 1
+                how = _how_it_ended(code)
+                if not announced:  # failed while loading: its siblings would fail the same way
+                    log.error("server process %d (pid %d) %s while loading; stopping",
+                              i, w.proc.pid, how)  # fmt: skip
+                    status = _exit_status(code)
                     stopping = True
                     break
                 now = time.monotonic()
                 while restarts and now - restarts[0] > 60:
                     restarts.popleft()
                 if len(restarts) >= MAX_RESTARTS:
-                    log.error(
-                        "worker processes keep dying (%d in a minute); stopping", len(restarts) + 1
-                    )
+                    log.error("server processes keep dying (%d in a minute, the last %s); stopping",
+                              len(restarts) + 1, how)  # fmt: skip
                     status = 1
                     stopping = True
                     break
                 restarts.append(now)
-                log.warning("server process %d (pid %d) exited with %s; starting another",
-                            i, w.proc.pid, code)  # fmt: skip
-                replacement = _Worker(i, spec, sock, ready_w)
-                replacement.ready = False
-                workers[i] = replacement
+                log.warning("server process %d (pid %d) %s; starting another", i, w.proc.pid, how)
+                workers[i] = _Worker(i, spec, sock, ready_w)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -166,6 +171,33 @@ def serve_processes(
         os.close(ready_r)
         os.close(ready_w)
     return status
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _exit_status(code: int) -> int:
+    """A child's return code as a shell reports it: 128 + N for death by signal N."""
+    return 128 - code if code < 0 else (code or 1)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``),
+    so that a server or load generator never outlives a killed supervisor; elsewhere a no-op.
+    Meant for ``subprocess.Popen(preexec_fn=...)``."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop(workers: list[_Worker], grace: float) -> None:
