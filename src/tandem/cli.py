@@ -576,6 +576,45 @@ def report(
 
 
 @app.command()
+def monitor(
+    ref: Annotated[
+        str,
+        typer.Argument(help="The model: NAME (its newest version), NAME:VERSION or NAME@ALIAS."),
+    ],
+    current: Annotated[
+        Path, typer.Option("--current", help="Production rows: CSV, Parquet, JSONL or a folder.")
+    ],
+    q: Annotated[float, typer.Option(help="False discovery rate of the column tests.")] = 0.05,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare production rows with the reference statistics frozen in the model's Bundle."""
+    from tandem.monitoring.monitor import check_file
+
+    with Registry() as reg:
+        result = check_file(reg, ref, current, q=q)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    shown = Table(title=f"drift of {result.current} ({result.rows:,} rows) against {result.model}")
+    for col in ("column", "measure", "value", "threshold", "PSI", "missing Δ", "min adj. p",
+                "verdict"):  # fmt: skip
+        shown.add_column(col)
+    for c in result.result.columns:
+        shown.add_row(
+            c.column, c.magnitude.replace("wasserstein_sd", "W1/sd").replace("jensen_shannon", "JS"),
+            f"{c.statistic:.3f}", f"{c.threshold:g}",
+            "—" if c.psi is None else f"{c.psi:.3f}", f"{c.missing_change:+.3f}",
+            f"{min(c.adjusted.values()):.2g}", "drift" if c.drifted else "ok",
+        )  # fmt: skip
+    out.print(shown)
+    verdict = result.result.drifted_columns
+    out.print(
+        f"drift in {', '.join(verdict)}" if verdict else "no drift",
+        highlight=False,
+    )
+
+
+@app.command()
 def advise(
     ref: Annotated[
         str,
