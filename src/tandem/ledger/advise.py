@@ -189,7 +189,7 @@ def settled(values: Sequence[float], floor: float = 0.0) -> bool:
 
 def _chain(dimension: str, values: Sequence[Any]) -> list[Any]:
     # the learnt batch size (0) is its own option, not the first step of a walk upwards
-    return sorted({v for v in values if not (dimension == "max_batch" and v == 0)}, key=str)
+    return sorted({v for v in values if not (dimension == "max_batch" and v == 0)})
 
 
 def sweep(
@@ -214,8 +214,6 @@ def sweep(
     get(best)
     for dim in DIMENSIONS:
         chain = _chain(dim, grid.get(dim, ()))
-        if isinstance(getattr(best, dim), int):
-            chain = sorted(chain, key=float)
         previous: Point | None = None
         for value in chain:
             point = get(replace(best, **{dim: value}))
@@ -544,19 +542,17 @@ def _phase_of(
     first_mark, last_mark = marks[-n - 1], marks[-1]
     wall = last_mark.at - first_mark.at
     cpu = last_mark.cpu - first_mark.cpu
-    cpu_j = None
+    cpu_j: float | None = None
     source = ""
-    counters = rapl()
     if (
         first_mark.rapl is not None
         and last_mark.rapl is not None
         and first_mark.busy is not None
         and last_mark.busy is not None
     ):
-        machine = last_mark.busy - first_mark.busy
-        share = min(1.0, cpu / machine) if machine > 0 else 0.0
-        cpu_j = counters.joules(first_mark.rapl, last_mark.rapl) * share
-        source = f"{counters.describe()} × the server's {share:.0%} of busy CPU"
+        cpu_j, source = rapl().apportioned(
+            first_mark.rapl, last_mark.rapl, last_mark.busy - first_mark.busy, cpu, "the server's"
+        )
     goodputs = sorted(w["goodput"] for w in last)
     p99s = [w["p99_ms"] for w in last if w["p99_ms"] is not None]
     p50s = sorted(w["p50_ms"] for w in last if w["p50_ms"] is not None)

@@ -14,14 +14,11 @@ in; GPU-hours are GPUs held × wall time.
 
 from __future__ import annotations
 
-import os
-import tomllib
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tandem.config import Settings
+from tandem.config import Settings, layered_toml
 from tandem.errors import ConfigError
 from tandem.ledger.meter import Profile
 
@@ -65,18 +62,10 @@ class PriceTable:
     ) -> PriceTable:
         """The defaults, overridden by ``path`` (else ``TANDEM_PRICES``, else
         ``$TANDEM_HOME/prices.toml`` when it exists). A named file that is missing is an error."""
-        default = resources.files("tandem.ledger").joinpath("prices.toml")
-        data = tomllib.loads(default.read_text())
-        sources = ["tandem defaults (prices.toml)"]
-        chosen = path or os.environ.get("TANDEM_PRICES") or None
-        if chosen is None:
-            home = (settings or Settings.from_env()).home / "prices.toml"
-            chosen = home if home.is_file() else None
-        elif not Path(chosen).is_file():
-            raise ConfigError(f"price table {chosen} does not exist: give the path of a TOML file")
-        if chosen is not None:
-            data = _merge(data, _read(Path(chosen)), str(chosen))
-            sources.append(str(chosen))
+        data, sources = layered_toml(
+            "tandem.ledger", "prices.toml", what="price table", env="TANDEM_PRICES",
+            path=path, settings=settings, merge=_merge,
+        )  # fmt: skip
         return cls._from(data, sources)
 
     @classmethod
@@ -177,15 +166,6 @@ def _by_name(table: dict[str, float], name: str) -> float | None:
         if key.upper() in words:
             return table[key]
     return None
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"price table {path} is not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read price table {path}: {exc}") from None
 
 
 def _merge(

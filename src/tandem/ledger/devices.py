@@ -20,15 +20,12 @@ Every figure these functions return is an :class:`Estimate` (``estimated=True``)
 from __future__ import annotations
 
 import math
-import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from tandem.config import Settings
+from tandem.config import Settings, layered_toml
 from tandem.errors import ConfigError
 from tandem.ledger.cost import PriceTable
 from tandem.ledger.flops import GraphCost
@@ -151,18 +148,10 @@ class DeviceTable:
     ) -> DeviceTable:
         """The defaults, overridden by ``path`` (else ``TANDEM_DEVICES``, else
         ``$TANDEM_HOME/devices.toml`` when it exists). A named file that is missing is an error."""
-        default = resources.files("tandem.ledger").joinpath("devices.toml")
-        data = tomllib.loads(default.read_text())
-        sources = ["tandem defaults (devices.toml)"]
-        chosen = path or os.environ.get("TANDEM_DEVICES") or None
-        if chosen is None:
-            home = (settings or Settings.from_env()).home / "devices.toml"
-            chosen = home if home.is_file() else None
-        elif not Path(chosen).is_file():
-            raise ConfigError(f"device table {chosen} does not exist: give the path of a TOML file")
-        if chosen is not None:
-            data = _merge(data, _read(Path(chosen)), str(chosen))
-            sources.append(str(chosen))
+        data, sources = layered_toml(
+            "tandem.ledger", "devices.toml", what="device table", env="TANDEM_DEVICES",
+            path=path, settings=settings, merge=_merge,
+        )  # fmt: skip
         where = sources[-1]
         devices = {
             name: DeviceSpec(name=name, **_checked(entry, DeviceSpec, where, f"device.{name}"))
@@ -172,15 +161,6 @@ class DeviceTable:
             **_checked(data["assumptions"], Assumptions, where, "assumptions")
         )
         return cls(devices=devices, assumptions=assumptions, sources=tuple(sources))
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"device table {path} is not valid TOML: {exc}; fix that line") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read device table {path}: {exc}") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any], where: str) -> dict[str, Any]:

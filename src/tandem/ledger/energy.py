@@ -84,6 +84,18 @@ class Rapl:
     def describe(self) -> str:
         return "RAPL " + "+".join(z.name for z in self.zones)
 
+    def apportioned(
+        self, before: Sequence[int], after: Sequence[int], busy: float, cpu: float, whose: str
+    ) -> tuple[float, str]:
+        """The machine's energy between two :meth:`read` results given to work that used
+        ``cpu`` of the ``busy`` CPU seconds the machine spent meanwhile (RAPL counts the whole
+        package), and the words that say so."""
+        share = min(1.0, cpu / busy) if busy > 0 else 0.0
+        return (
+            self.joules(before, after) * share,
+            f"{self.describe()} × {whose} {share:.0%} of busy CPU",
+        )
+
 
 @functools.cache
 def rapl() -> Rapl:

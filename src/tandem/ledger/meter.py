@@ -142,10 +142,10 @@ class Meter:
         # /proc/stat is read only where there is energy to apportion by it
         busy = busy_cpu_seconds() if now is not None else None
         if now is not None and self._rapl0 is not None and self._busy0 is not None and busy:
-            machine = busy - self._busy0
-            share = min(1.0, cpu / machine) if machine > 0 else 0.0
-            cpu_j = self._rapl.joules(self._rapl0, now) * share
-            sources.append(f"{self._rapl.describe()} × this process's {share:.0%} of busy CPU")
+            cpu_j, words = self._rapl.apportioned(
+                self._rapl0, now, busy - self._busy0, cpu, "this process's"
+            )
+            sources.append(words)
         gpu_seconds, gpu_j, held = 0.0, None, []
         if self._gpu0 is not None:
             held = self._gpus.held()

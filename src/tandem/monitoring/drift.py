@@ -27,7 +27,7 @@ any column does.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -230,11 +230,5 @@ def drift(
     for c, adj in zip(columns, per, strict=True):
         shape = any(v < q for k, v in adj.items() if k != "missing") and c.statistic > c.threshold
         missing = adj.get("missing", 1.0) < q and abs(c.missing_change) > THRESHOLDS["missing_rate"]
-        judged.append(_with(c, adjusted=adj, drifted=shape or missing))
+        judged.append(replace(c, adjusted=adj, drifted=shape or missing))
     return DatasetDrift(judged, q)
-
-
-def _with(c: ColumnDrift, **changes: Any) -> ColumnDrift:
-    from dataclasses import replace
-
-    return replace(c, **changes)

@@ -146,10 +146,7 @@ class Server:
             try:
                 self.port = await self.http.start(self.options.host, self.options.port)
             except OSError as exc:
-                raise ConfigError(
-                    f"cannot listen on {self.options.host}:{self.options.port} ({exc.strerror}): "
-                    "choose another --port or stop what holds it"
-                ) from None
+                raise cannot_listen(self.options.host, self.options.port, exc) from None
         self.loading = loop.create_task(self._load(versions))
 
     async def _load(self, versions: list[ModelVersion]) -> None:
@@ -206,6 +203,14 @@ class Server:
                 m.runner.batcher.close()
         if self._own_registry:
             self.registry.close()
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> ConfigError:
+    """The error for a port that cannot be bound (in use, not allowed), with the way out."""
+    return ConfigError(
+        f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port or stop what "
+        "holds it"
+    )
 
 
 def serve(

@@ -36,9 +36,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tandem.errors import ConfigError, UsageError
+from tandem.errors import UsageError
 from tandem.serving.batcher import BatcherConfig
-from tandem.serving.server import ServeOptions
+from tandem.serving.server import ServeOptions, cannot_listen
 
 __all__ = ["MAX_RESTARTS", "die_with_parent", "serve_processes"]
 
@@ -56,10 +56,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port or stop "
-            "what holds it"
-        ) from None
+        raise cannot_listen(host, port, exc) from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock
