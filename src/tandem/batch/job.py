@@ -13,6 +13,7 @@ write the same parts, and either can resume the other's journal.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,12 +29,14 @@ from tandem.batch.rows import check_rows, check_types
 from tandem.batch.sources import Chunk, InputFile, chunks, list_inputs, read_schema
 from tandem.bundle import Bundle, load_bundle
 from tandem.bundle.manifest import split_kinds
+from tandem.config import Settings
 from tandem.data.readers import FORMATS
 from tandem.errors import ConfigError, DataError, UsageError
 from tandem.inference.predictor import Predictor, prediction_columns
 from tandem.ledger.hardware import usable_cores
 from tandem.ledger.meter import Meter, Profile
 from tandem.ledger.records import run_record
+from tandem.monitoring.predictions import Layout, LogOptions, PredictionLog, batch_rows
 from tandem.registry import ModelVersion, Registry
 
 __all__ = [
@@ -80,6 +83,9 @@ class BatchOptions:
             single-threaded session per core, each scoring its own slices (measured faster).
         engine: ``local`` (this process) or ``ray`` (Ray Data; :mod:`tandem.batch.ray`).
         ray_address: the Ray cluster for ``engine="ray"``; None starts a local instance.
+        log_sample: the share of rows kept in the prediction log for monitoring (0: none).
+            A sample, not every row: the input is already on disk, and drift needs a sample.
+            The local engine logs; on Ray the rows are read by the workers and are not logged.
     """
 
     inputs: Sequence[str | Path]
@@ -93,6 +99,7 @@ class BatchOptions:
     threads: int | None = None
     engine: str = "local"
     ray_address: str | None = None
+    log_sample: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,7 @@ def run_batch(
             if options.resume and plan.output.exists() and not Journal(plan.output).exists():
                 return BatchResult(plan.version.ref, plan.output, None, 0, 0, 0, 0, 0,
                                    meter.read(), complete_before=True)  # fmt: skip
-            result = _run(plan, options, meter, on_progress)
+            result = _run(plan, options, meter, on_progress, reg.settings)
         result.profile = meter.profile
         reg.record_run(
             plan.version.name,
@@ -204,6 +211,10 @@ def _plan(reg: Registry, ref: str, options: BatchOptions) -> _Plan:
         raise UsageError("--ray-address is for --engine ray")
     if options.chunk_rows < 1:
         raise ConfigError(f"chunk rows must be at least 1; got {options.chunk_rows}")
+    if not 0 <= options.log_sample <= 1:
+        raise ConfigError(
+            f"--log-sample must be a share between 0 (off) and 1 (every row); got {options.log_sample}"
+        )
     if options.threads is not None and options.threads < 1:
         raise ConfigError(f"threads must be at least 1; got {options.threads}")
     if options.resume and options.overwrite:
@@ -289,10 +300,12 @@ def _run(
     options: BatchOptions,
     meter: Meter,
     on_progress: Callable[[BatchProgress], None] | None,
+    settings: Settings,
 ) -> BatchResult:
     journal = _start_journal(plan, options)
     keeps_rejects = options.on_error != "fail"
     scorer: Scorer | None = None
+    predictions: _BatchLog | None = None
     try:
         # on Ray the actors score; here the scorer only says what to read and write
         threads = 1 if options.engine == "ray" else options.threads
@@ -306,7 +319,9 @@ def _run(
             else:
                 scored = _scored_here(plan, journal.done, scorer, options.chunk_rows)
             journal.stream_output(plan.format, scorer.schema(plan.keep_schema))
-            _write_all(plan, journal, scored, scorer, options.on_error, on_progress)
+            if options.log_sample > 0 and options.engine == "local":
+                predictions = _BatchLog(plan, scorer, options.log_sample, settings)
+            _write_all(plan, journal, scored, scorer, options.on_error, on_progress, predictions)
             journal.end()
         schema = scorer.schema(plan.keep_schema)
         journal.finish(plan.format, schema, rejects=REJECTS_SCHEMA if keeps_rejects else None)
@@ -314,6 +329,8 @@ def _run(
         journal.close()
         if scorer is not None:
             scorer.close()
+        if predictions is not None:
+            predictions.close()
     done = journal.done
     return BatchResult(
         model=plan.version.ref, output=plan.output,
@@ -348,9 +365,10 @@ def _write_all(
     scorer: Scorer,
     on_error: str,
     on_progress: Callable[[BatchProgress], None] | None,
+    predictions: _BatchLog | None = None,
 ) -> None:
     """Settle each scored chunk by the error policy and store it; a thread writes chunk k
-    while chunk k+1 is scored."""
+    while chunk k+1 is scored. A sample of the scored rows goes to the prediction log."""
     inputs = plan.inputs
     sizes = [max(f.size, 1) for f in inputs]
     total_size = sum(sizes)
@@ -367,6 +385,8 @@ def _write_all(
             if behind is not None:
                 behind.result()  # one write in flight at most: memory stays bounded
             behind = writer.submit(journal.write, done, output, rejects)
+            if predictions is not None:
+                predictions.add(row, scorer.last_features, rows)
             row += chunk.rows
             if on_progress is not None:
                 read = sum(sizes[: chunk.file]) + chunk.read * sizes[chunk.file]
@@ -377,6 +397,32 @@ def _write_all(
 
 #: columns :meth:`Scorer.score` adds to say why a row could not be scored (null: it was)
 WHY = ("__tandem_column", "__tandem_value", "__tandem_reason")
+
+
+class _BatchLog:
+    """A job's sample of scored rows, for the prediction log: one id for the run, the job's
+    row numbers as rows; rows that could not be scored are left out."""
+
+    def __init__(self, plan: _Plan, scorer: Scorer, sample: float, settings: Settings) -> None:
+        version = plan.version
+        self.layout = Layout.of(version.name, version.version, scorer.specs, scorer.outputs)
+        self.specs = scorer.specs
+        self.job_id = f"batch-{uuid.uuid4().hex[:12]}"
+        self.sample = sample
+        self.rng = np.random.default_rng()
+        self.log = PredictionLog("batch", LogOptions(sample=sample), settings=settings)
+
+    def add(self, first_row: int, inputs: pa.Table, scored: pa.Table) -> None:
+        keep = self.rng.random(scored.num_rows) < self.sample
+        keep &= scored.column(WHY[2]).is_null().to_numpy(zero_copy_only=False)
+        if keep.any():
+            table = batch_rows(
+                self.layout, self.specs, self.job_id, first_row, inputs, scored, keep
+            )
+            self.log.add_table(self.layout, table)
+
+    def close(self) -> None:
+        self.log.close()
 
 
 class Scorer:
@@ -402,6 +448,8 @@ class Scorer:
         self.outputs = self.predictor.output_columns
         classes = self.predictor.manifest.classes
         self.label_type = pa.array(np.asarray(classes)).type if classes else None
+        #: the signature's columns of the chunk scored last, read as numbers or text
+        self.last_features = pa.table({})
 
     def schema(self, keep: pa.Schema) -> pa.Schema:
         """The output's columns: those kept, then the predictions."""
@@ -441,7 +489,7 @@ class Scorer:
         checked = check_rows(self.specs, batch, read_bad)
         bad = checked.bad
         n = batch.num_rows
-        features = pa.table(checked.columns)
+        features = self.last_features = pa.table(checked.columns)
         good: np.ndarray | None = None
         if bad:
             mask = np.ones(n, dtype=bool)

@@ -449,7 +449,8 @@ class Sweep:
         from tandem.serving.loadtest import announced_port
 
         command = [sys.executable, "-c", "from tandem.cli import main; main()", "serve", self.ref,
-                   "--port", "0", "--ledger-interval", "0", "--poll-s", "0", *config.serve_args()]  # fmt: skip
+                   "--port", "0", "--ledger-interval", "0", "--log-sample", "0", "--poll-s", "0",
+                   *config.serve_args()]  # fmt: skip
         proc = subprocess.Popen(
             command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             preexec_fn=die_with_parent,

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import math
 import re
 import time
 import urllib.parse
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
-from tandem.errors import TandemError, UsageError
+from tandem.errors import ConfigError, TandemError, UsageError
+from tandem.monitoring.predictions import Layout, PredictionLog
 from tandem.serving import mlflow, oip
 from tandem.serving.batcher import DeadlineExceededError, Outputs, OverloadedError, TooLargeError
 from tandem.serving.http import Request, Response, json_error
@@ -45,6 +48,8 @@ OPEN_ROUTES = frozenset({"/v2/health/live", "/v2/health/ready", "/ping"})
 _TIMEOUT_MS = re.compile(rb'timeout_ms"?\s*[:=]\s*([0-9]+(?:\.[0-9]+)?)')
 #: the most a request may ask for with timeout_ms
 MAX_TIMEOUT_MS = 600_000.0
+#: the longest X-Request-Id a client may send
+MAX_REQUEST_ID = 128
 #: the early refusal assumes a body holds at least this share of the rows its size suggests
 #: (body bytes / the model's recent bytes per row): rows vary in length, and an overestimate
 #: would refuse a request the full parse would have admitted
@@ -61,9 +66,19 @@ class App:
         models: the served models by name.
         api_key: when set, every route but the health probes needs it, as
             ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
+        predictions: the prediction log that answered requests go to (None: not logged).
+
+    Every inference answer carries ``X-Request-Id``: the client's own when it sent one, else
+    one made here; the prediction log keeps it, and ``tandem feedback`` joins labels by it.
     """
 
-    def __init__(self, models: Sequence[ServedModel], *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        models: Sequence[ServedModel],
+        *,
+        api_key: str | None = None,
+        predictions: PredictionLog | None = None,
+    ) -> None:
         from tandem import __version__
 
         self.models = {m.name: m for m in models}
@@ -75,6 +90,10 @@ class App:
         #: (model, protocol) -> bytes per row of the bodies parsed lately (EWMA)
         self._bytes_per_row: dict[tuple[str, str], float] = {}
         self._openapi = orjson.dumps(openapi_document(__version__, list(self.models)))
+        self.predictions = predictions
+        # request ids: a random prefix per process and a counter, unique without a syscall
+        self._id_prefix = f"{uuid.uuid4().hex[:12]}-"
+        self._ids = itertools.count(1)
         for m in models:
             m.on_batch = self._batch_hook
             m.on_swap = self._swapped
@@ -92,6 +111,14 @@ class App:
         return observe
 
     def _swapped(self, runner: Runner) -> None:
+        if self.predictions is not None:
+            manifest = runner.predictor.manifest
+            try:
+                runner.log_layout = Layout.of(
+                    runner.name, runner.version, manifest.inputs, runner.output_columns
+                )
+            except ConfigError as exc:
+                log.warning("%s: not logging its predictions: %s", runner.ref, exc)
         self.metrics.version.labels(runner.name).set(runner.version)
         if self.ready:
             self.metrics.swaps.labels(runner.name).inc()
@@ -219,6 +246,8 @@ class App:
                 body, request.headers.get("inference-header-content-length"), runner.input_names
             )
             oip.check_outputs(parsed, runner.output_columns)
+            if parsed.id is not None:  # the protocol's own request id, unless a header gave one
+                request.headers.setdefault("x-request-id", parsed.id[:MAX_REQUEST_ID])
             return (
                 parsed.rows,
                 parsed.timeout_ms,
@@ -348,11 +377,19 @@ class App:
         name = runner.name
         predictor = runner.predictor
         batcher = runner.batcher
+        given = request.headers.get("x-request-id")
+        rid = given or f"{self._id_prefix}{next(self._ids)}"
         try:
+            if len(rid) > MAX_REQUEST_ID:
+                raise UsageError(
+                    f"X-Request-Id is {len(rid)} characters long; send at most {MAX_REQUEST_ID}"
+                )
             body = _decoded(request)
             if (early := self._early_refusal(runner, request, body, protocol, error)) is not None:
-                return self._answer(name, protocol, early, request)
+                return self._answer(name, protocol, early, request, rid)
             rows, timeout_ms, render = parse(body)
+            if given is None:
+                rid = request.headers.get("x-request-id", rid)
             deadline = self._deadline(request, timeout_ms, runner)
             try:
                 feed = predictor.encode(predictor.preprocess(rows))
@@ -366,21 +403,25 @@ class App:
                 self._bytes_per_row[key] = last + 0.1 * (seen - last)
             if n == 0:  # nothing to compute: the output columns, empty
                 empty = predictor.decode(np.empty((0, len(runner.output_columns) - 1 or 1)))
-                return self._answer(name, protocol, render(empty), request)
+                return self._answer(name, protocol, render(empty), request, rid)
             now = batcher.run_now(feed, n, deadline=deadline)
             if now is not None:
                 self._child(self.metrics.rows, name).inc(n)
-                return self._answer(name, protocol, render(now), request)
+                response = render(now)
+                self._log(runner, rid, feed, now, n)
+                return self._answer(name, protocol, response, request, rid)
             future = batcher.submit(feed, n, deadline=deadline)
         except OverloadedError as exc:
-            return self._answer(name, protocol, _overloaded(exc, error), request)
+            return self._answer(name, protocol, _overloaded(exc, error), request, rid)
         except UsageError as exc:
-            return self._answer(name, protocol, error(_status(exc), str(exc)), request)
+            return self._answer(name, protocol, error(_status(exc), str(exc)), request, rid)
         self._child(self.metrics.rows, name).inc(n)
 
         def finish(f: asyncio.Future[Outputs]) -> Response:
             try:
-                response = render(f.result())
+                outputs = f.result()
+                response = render(outputs)
+                self._log(runner, rid, feed, outputs, n)
             except DeadlineExceededError as exc:
                 response = error(504, str(exc))
             except UsageError as exc:
@@ -391,6 +432,7 @@ class App:
             except Exception:
                 log.exception("unexpected error in model %s", runner.ref)
                 response = error(500, "internal server error")
+            response.headers.append(("x-request-id", rid))
             self._count(name, protocol, response.status, request.received)
             return response
 
@@ -400,9 +442,20 @@ class App:
         future.add_done_callback(lambda f: answer.set_result(finish(f)))
         return answer
 
-    def _answer(self, model: str, protocol: str, response: Response, request: Request) -> Response:
+    def _answer(
+        self, model: str, protocol: str, response: Response, request: Request, rid: str = ""
+    ) -> Response:
+        if rid:
+            response.headers.append(("x-request-id", rid))
         self._count(model, protocol, response.status, request.received)
         return response
+
+    def _log(
+        self, runner: Runner, rid: str, feed: dict[str, np.ndarray], outputs: Outputs, n: int
+    ) -> None:
+        plog = self.predictions
+        if plog is not None and runner.log_layout is not None and plog.sampled():
+            plog.add(runner.log_layout, rid, feed, outputs, n)
 
     def _refresh_gauges(self) -> None:
         m = self.metrics

@@ -60,13 +60,15 @@ async def _connection(
 
 def closed_loop(
     host: str, port: int, path: str, bodies: Sequence[bytes], *, concurrency: int = 8,
-    content_type: str = "application/json",
+    content_type: str = "application/json", request_ids: Sequence[str] | None = None,
 ) -> LoadResult:  # fmt: skip
-    """POST every body once to ``path``, ``concurrency`` at a time; answers in body order."""
+    """POST every body once to ``path``, ``concurrency`` at a time; answers in body order.
+    ``request_ids``: an ``X-Request-Id`` for each body (the prediction log keeps it)."""
+    ids = [b"x-request-id: %s\r\n" % r.encode() for r in request_ids or ()] or [b""] * len(bodies)
     raws = [
-        b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
-        % (path.encode(), host.encode(), content_type.encode(), len(b), b)
-        for b in bodies
+        b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: %s\r\n%scontent-length: %d\r\n\r\n%s"
+        % (path.encode(), host.encode(), content_type.encode(), rid, len(b), b)
+        for b, rid in zip(bodies, ids, strict=True)
     ]
     lanes: list[list[tuple[int, bytes]]] = [[] for _ in range(concurrency)]
     for i, raw in enumerate(raws):

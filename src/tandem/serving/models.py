@@ -18,6 +18,7 @@ from typing import Any
 
 from tandem.bundle import load_bundle
 from tandem.inference.predictor import Predictor
+from tandem.monitoring.predictions import Layout
 from tandem.registry import ModelVersion, Registry
 from tandem.registry.refs import parse_ref
 from tandem.serving.batcher import Batcher, BatcherConfig, Outputs
@@ -46,6 +47,8 @@ class Runner:
     input_names: list[str]
     text_columns: list[str]
     loaded_in_s: float = 0.0
+    #: how its rows go into the prediction log (None: not logged)
+    log_layout: Layout | None = None
 
     @property
     def ref(self) -> str:

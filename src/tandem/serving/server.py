@@ -22,6 +22,7 @@ from typing import Any
 
 from tandem.errors import ConfigError, UsageError
 from tandem.ledger.meter import process_started
+from tandem.monitoring.predictions import LogOptions, PredictionLog
 from tandem.registry import ModelVersion, Registry
 from tandem.registry.refs import parse_ref
 from tandem.serving.app import App
@@ -49,6 +50,8 @@ class ServeOptions:
         max_body: request body limit in bytes (413 above it).
         ledger_interval_s: how often what the server did is recorded in the registry for the
             cost ledger (one record per model per interval); 0: not recorded.
+        log: the prediction log (:mod:`tandem.monitoring.predictions`): what share of
+            requests is kept for ``tandem monitor``; ``LogOptions(sample=0)`` turns it off.
     """
 
     host: str = "127.0.0.1"
@@ -59,6 +62,7 @@ class ServeOptions:
     poll_s: float = 1.0
     max_body: int = 16 * 2**20
     ledger_interval_s: float = 60.0
+    log: LogOptions = field(default_factory=LogOptions)
 
     def __post_init__(self) -> None:
         if self.ledger_interval_s < 0:
@@ -111,7 +115,12 @@ class Server:
             ServedModel(ref, self.registry, options.batching, threads=options.threads)
             for ref in refs
         ]
-        self.app = App(self.models, api_key=options.api_key)
+        self.predictions = (
+            PredictionLog("serve", options.log, settings=self.registry.settings)
+            if options.log.sample > 0
+            else None
+        )
+        self.app = App(self.models, api_key=options.api_key, predictions=self.predictions)
         self.http = HttpServer(self.app, max_body=options.max_body)
         self.ready = asyncio.Event()
         self.port = 0
@@ -201,6 +210,8 @@ class Server:
         for m in self.models:
             if m.runner is not None:
                 m.runner.batcher.close()
+        if self.predictions is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.predictions.close)
         if self._own_registry:
             self.registry.close()
 

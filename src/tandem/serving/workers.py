@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tandem.errors import UsageError
+from tandem.monitoring.predictions import LogOptions
 from tandem.serving.batcher import BatcherConfig
 from tandem.serving.server import ServeOptions, cannot_listen
 
@@ -220,6 +221,7 @@ def _worker_main() -> None:
     )
     opts = dict(spec["options"])
     opts["batching"] = BatcherConfig(**opts["batching"])
+    opts["log"] = LogOptions(**opts["log"])
     options = ServeOptions(**opts)
     sock = socket.socket(fileno=int(spec["fd"]))
     ready_fd = int(spec["ready_fd"])

@@ -1,0 +1,258 @@
+"""The prediction log: a real server logs what it answered, off the request path; the rows
+come back from the Parquet files exactly as the model saw and answered them."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tandem import Settings
+from tandem.errors import ConfigError, DataError
+from tandem.monitoring.predictions import (
+    REQUEST_ID,
+    ROW,
+    SOURCE,
+    TIME,
+    VERSION,
+    Layout,
+    LogOptions,
+    PredictionLog,
+    log_folder,
+    read_log,
+)
+from tests.helpers import mixed_table
+from tests.serving.conftest import running_server
+
+
+def post(
+    url: str, body: dict[str, object], headers: dict[str, str] | None = None
+) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"content-type": "application/json", **(headers or {})}
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read()), dict(r.headers)
+
+
+def rows(table: pa.Table, lo: int, hi: int) -> list[dict[str, object]]:
+    return table.slice(lo, hi - lo).drop_columns(["target"]).to_pylist()
+
+
+def test_the_server_logs_inputs_outputs_and_request_ids(models_home: Path) -> None:
+    data = mixed_table(60, seed=5)
+    answers: dict[str, list[object]] = {}
+    with running_server(["mixed"], models_home, log=LogOptions(flush_s=0.2)) as srv:
+        for i in range(10):  # ten requests of six rows, one with the client's own id
+            headers = {"x-request-id": "client-7"} if i == 7 else {}
+            out, got = post(
+                f"{srv.url}/invocations",
+                {"dataframe_records": rows(data, 6 * i, 6 * i + 6)},
+                headers,
+            )
+            rid = got["x-request-id"]
+            assert (rid == "client-7") == (i == 7)
+            answers[rid] = [p["label"] for p in out["predictions"]]
+    # the server has stopped: everything it answered is on disk
+    log = read_log("mixed", settings=Settings(home=models_home))
+    assert log.num_rows == 60
+    assert set(log.column(REQUEST_ID).to_pylist()) == set(answers)
+    assert set(log.column(VERSION).to_pylist()) == {1} and set(log.column(SOURCE).to_pylist()) == {
+        "serve"
+    }
+    for rid, labels in answers.items():
+        mine = log.filter(pa.compute.equal(log.column(REQUEST_ID), rid)).sort_by(ROW)
+        assert mine.column(ROW).to_pylist() == list(range(6))
+        assert mine.column("__label").to_pylist() == labels
+    # inputs as the model saw them: numbers as float (missing as NaN), categories as text
+    by_x1 = {round(r["x1"], 12): r for r in log.to_pylist()}
+    for original in data.to_pylist():
+        logged = by_x1[round(original["x1"], 12)]
+        assert logged["city"] == original["city"] and logged["rooms"] == str(
+            original["rooms"]
+        )  # a category
+        assert (np.isnan(logged["x2"]) and np.isnan(original["x2"])) or logged["x2"] == original[
+            "x2"
+        ]
+        assert logged["garden"] == float(original["garden"])
+    # the probabilities are those a direct prediction gives
+    direct = __import__("tandem").load("mixed:1").predict(data.drop_columns(["target"]))
+    logged_p = {round(r["x1"], 12): r["__proba_yes"] for r in log.to_pylist()}
+    for x1, p in zip(
+        data.column("x1").to_pylist(), direct.column("proba_yes").to_pylist(), strict=True
+    ):
+        assert logged_p[round(x1, 12)] == pytest.approx(p, abs=1e-12)
+    # one Hive partition per UTC day, compacted into Parquet by the reader, no temp files left
+    root = log_folder("mixed", Settings(home=models_home))
+    assert [p.name for p in root.iterdir()] == [f"date={datetime.now(UTC):%Y-%m-%d}"]
+    files = sorted(p.name for p in root.rglob("*") if p.is_file() and p.name != ".compact.lock")
+    assert len(files) == 1 and files[0].endswith(".parquet")
+
+
+def test_sampling_and_off(models_home: Path) -> None:
+    data = mixed_table(200, seed=6)
+    with running_server(["mixed"], models_home, log=LogOptions(sample=0.25, flush_s=0.2)) as srv:
+        for i in range(200):
+            post(f"{srv.url}/invocations", {"dataframe_records": rows(data, i, i + 1)})
+    logged = read_log("mixed", settings=Settings(home=models_home)).num_rows
+    assert 20 <= logged <= 85  # Binomial(200, 0.25): mean 50, sd 6.1
+    with running_server(["num"], models_home, log=LogOptions(sample=0)) as srv:
+        post(f"{srv.url}/v2/models/num/infer", {"inputs": [
+            {"name": f"f{k}", "shape": [1], "datatype": "FP64", "data": [0.5]} for k in range(6)]})  # fmt: skip
+    with pytest.raises(DataError, match="no predictions of num are logged"):
+        read_log("num", settings=Settings(home=models_home))
+
+
+def test_time_window_and_days(tmp_path: Path) -> None:
+    """Rows are read back by time window, and land in the partition of their UTC day."""
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 3, ("a",), (), ("prediction",))
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+    for k in range(5):
+        plog.add(
+            layout,
+            f"r{k}",
+            {"numeric": np.array([[float(k)]])},
+            {"prediction": np.array([k * 2.0])},
+            1,
+        )
+    plog.close()
+    everything = read_log("m", settings=home)
+    assert everything.column("a").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert everything.column("__prediction").to_pylist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    with pytest.raises(DataError, match="since"):
+        read_log("m", since=later, settings=home)
+    assert read_log("m", since=datetime.now(UTC) - timedelta(hours=1), settings=home).num_rows == 5
+    assert everything.column(TIME).type == pa.timestamp("us", tz="UTC")
+
+
+def test_bounded_memory_drops_and_counts(tmp_path: Path) -> None:
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 1, ("a",), (), ("prediction",))
+    plog = PredictionLog("serve", LogOptions(flush_s=60, max_queued_rows=10), settings=home)
+    for k in range(4):  # 4 rows each: the third and fourth requests do not fit
+        plog.add(layout, f"r{k}", {"numeric": np.zeros((1, 4))}, {"prediction": np.zeros(4)}, 4)
+    assert plog.dropped_rows == 8
+    plog.close()
+    assert plog.written_rows == 8 == read_log("m", settings=home).num_rows
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=12))
+def test_request_rows_keep_their_order(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int]
+) -> None:
+    """However requests of any sizes gather, each logged row keeps its request and position."""
+    home = Settings(home=tmp_path_factory.mktemp("log"))
+    layout = Layout("m", 1, ("a", "b"), ("c",), ("label",))
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+    for i, n in enumerate(sizes):
+        numeric = np.vstack([np.full(n, float(i)), np.arange(n, dtype=float)])
+        plog.add(layout, f"r{i}", {"numeric": numeric, "categorical": np.array([[f"c{i}"] * n], dtype=object)},
+                 {"label": np.array([i] * n)}, n)  # fmt: skip
+    plog.close()
+    for row in read_log("m", settings=home).to_pylist():
+        i = int(row["a"])
+        assert row[REQUEST_ID] == f"r{i}" and row[ROW] == row["b"] and row["c"] == f"c{i}"
+        assert row["__label"] == i
+
+
+def test_bad_options_and_reserved_names() -> None:
+    with pytest.raises(ConfigError, match="between 0 .off. and 1"):
+        LogOptions(sample=1.5)
+    from tandem.data.schema import ColumnSpec
+
+    with pytest.raises(ConfigError, match="__time"):
+        Layout.of("m", 1, [ColumnSpec(name="__time", kind="numeric")], ["prediction"])
+
+
+def test_a_batch_job_logs_its_scored_rows(models_home: Path, tmp_path: Path) -> None:
+    from tandem import Registry
+    from tandem.batch import BatchOptions, run_batch
+
+    data = mixed_table(300, seed=8).drop_columns(["target"])
+    data = data.append_column("id", pa.array(np.arange(300)))
+    x1 = data.column("x1").to_pylist()
+    x1[7] = "seven"  # a row that cannot be scored: skipped, and not logged
+    data = data.set_column(0, "x1", pa.array([str(v) for v in x1]))
+    pa.csv.write_csv(data, tmp_path / "rows.csv")
+    home = Settings(home=models_home)
+    with Registry(home) as reg:
+        run_batch("mixed", BatchOptions(inputs=[tmp_path / "rows.csv"], output=tmp_path / "out.parquet",
+                  keep=["id"], on_error="skip", chunk_rows=64, log_sample=1.0), registry=reg)  # fmt: skip
+    log = read_log("mixed", settings=home).sort_by(ROW)
+    assert log.column(ROW).to_pylist() == [r for r in range(300) if r != 7]
+    assert set(log.column(SOURCE).to_pylist()) == {"batch"}
+    assert len(set(log.column(REQUEST_ID).to_pylist())) == 1
+    out = pa.parquet.read_table(tmp_path / "out.parquet")
+    assert log.column("__label").to_pylist() == out.column("label").to_pylist()
+    assert log.column("__proba_yes").to_pylist() == out.column("proba_yes").to_pylist()
+    assert log.column("x1").to_pylist()[:3] == [float(v) for v in x1[:3]]
+    with Registry(home) as reg:  # the default keeps a 10 % sample
+        run_batch("mixed", BatchOptions(inputs=[tmp_path / "rows.csv"], output=tmp_path / "o2.parquet",
+                  on_error="skip"), registry=reg)  # fmt: skip
+    assert 299 + 5 <= read_log("mixed", settings=home).num_rows <= 299 + 60
+
+
+def test_the_open_inference_protocol_id_is_the_request_id(models_home: Path) -> None:
+    from tests.serving.test_oip import post as oip_post
+
+    body = {"id": "oip-42", "inputs": [
+        {"name": f"f{k}", "shape": [2], "datatype": "FP64", "data": [0.5, -0.5]} for k in range(6)]}  # fmt: skip
+    with running_server(["num"], models_home, log=LogOptions(flush_s=0.2)) as srv:
+        status, answer, headers = oip_post(srv, "/v2/models/num/infer", body)
+        assert status == 200 and answer["id"] == "oip-42" and headers["x-request-id"] == "oip-42"
+        status, _, headers = oip_post(srv, "/v2/models/num/infer", body,
+                                      {"content-type": "application/json", "x-request-id": "mine"})  # fmt: skip
+        assert status == 200 and headers["x-request-id"] == "mine"  # the header wins
+        status, answer, _ = oip_post(srv, "/v2/models/num/infer", body,
+                                     {"content-type": "application/json", "x-request-id": "x" * 129})  # fmt: skip
+        assert status == 400 and "X-Request-Id is 129 characters long" in answer["error"]
+    log = read_log("num", settings=Settings(home=models_home))
+    assert sorted(set(log.column(REQUEST_ID).to_pylist())) == ["mine", "oip-42"]
+    assert log.num_rows == 4
+
+
+def test_compaction_survives_a_crash_and_waits_its_turn(tmp_path: Path) -> None:
+    """Hot files become one Parquet file; a crash between writing it and removing them
+    duplicates nothing; a second compactor leaves the day to the first."""
+    import fcntl
+    import shutil
+
+    from tandem.monitoring.predictions import HOT_SUFFIX, compact_log
+
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 1, ("a",), (), ("prediction",))
+    for k in range(3):  # three flushes, three hot files
+        plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+        plog.add(
+            layout, f"r{k}", {"numeric": np.array([[float(k)]])}, {"prediction": np.array([0.0])}, 1
+        )
+        plog.close()
+    (day,) = log_folder("m", home).iterdir()
+    hot = sorted(day.glob(f"*{HOT_SUFFIX}"))
+    assert len(hot) == 3
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for f in hot:
+        shutil.copy(f, saved / f.name)
+    with open(day / ".compact.lock", "a") as held:  # another process is compacting
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert compact_log("m", home) == 0
+        assert read_log("m", settings=home).column("a").to_pylist() == [0.0, 1.0, 2.0]
+    assert compact_log("m", home) == 3
+    assert not list(day.glob(f"*{HOT_SUFFIX}")) and len(list(day.glob("*.parquet"))) == 1
+    for f in saved.iterdir():  # as if the process died before removing its sources
+        shutil.copy(f, day / f.name)
+    assert read_log("m", settings=home).column("a").to_pylist() == [0.0, 1.0, 2.0]
+    assert not list(day.glob(f"*{HOT_SUFFIX}"))  # and the next compaction removed them
