@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -78,3 +79,30 @@ def test_benjamini_hochberg_is_monotone_and_never_below_the_raw(p: list[float]) 
     order = np.argsort(p)
     ranked = [adjusted[i] for i in order]
     assert all(x <= y + 1e-12 for x, y in itertools.pairwise(ranked))
+
+
+def test_a_constant_reference_column_flags_new_values() -> None:
+    from tandem.data.profile import column_profile
+
+    spec = ColumnSpec(name="flag", kind="numeric")
+    reference = {"flag": column_profile(spec, np.ones(5000))}
+    same = drift(reference, {"flag": np.ones(3000)})
+    assert not same.drifted
+    changed = np.ones(3000)
+    changed[:600] = 2.0  # a fifth of the values are new
+    result = drift(reference, {"flag": changed})
+    assert result.drifted_columns == ["flag"]
+    assert result.columns[0].statistic == pytest.approx(0.2)
+
+
+def test_a_flag_column_is_compared_by_its_shares() -> None:
+    """0/1 columns have no decile edges between their two values; the shares still count."""
+    from tandem.data.profile import column_profile
+
+    rng = np.random.default_rng(4)
+    spec = ColumnSpec(name="garden", kind="boolean")
+    reference = {"garden": column_profile(spec, (rng.random(5000) < 0.3).astype(float))}
+    assert not drift(reference, {"garden": (rng.random(20000) < 0.3).astype(float)}).drifted
+    moved = drift(reference, {"garden": (rng.random(20000) < 0.4).astype(float)})
+    assert moved.drifted_columns == ["garden"]
+    assert moved.columns[0].statistic == pytest.approx(0.1, abs=0.02)

@@ -31,6 +31,8 @@ FORMAT = "tandem.bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH = "model.onnx"
+#: a uniform sample of the training rows, for the tests that need rows (Parquet)
+REFERENCE_SAMPLE = "reference_sample.parquet"
 #: graph inputs, column-major: every numeric and boolean column as one row of a (k, n) double
 #: matrix, every categorical column as one row of an (m, n) string matrix, in signature order.
 #: One input per column costs ONNX Runtime ~3 µs per input per call (32 columns: 120 µs against

@@ -13,7 +13,8 @@ import hashlib
 import os
 import shutil
 import uuid
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tandem.bundle.manifest import GRAPH, MANIFEST, FileEntry, Manifest
@@ -42,6 +43,8 @@ class Bundle:
     manifest: Manifest
     graph: bytes
     digest: str
+    #: the other files the manifest lists (a reference sample), verified like the graph
+    extras: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -51,10 +54,19 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_bundle(directory: Path, manifest: Manifest, graph: bytes) -> str:
-    """Write a Bundle into an existing empty ``directory``; returns the manifest digest."""
-    _write_file(directory / GRAPH, graph)
-    manifest = replace(manifest, files={GRAPH: FileEntry(_sha256(graph), len(graph))})
+def write_bundle(
+    directory: Path, manifest: Manifest, graph: bytes, extras: Mapping[str, bytes] | None = None
+) -> str:
+    """Write a Bundle into an existing empty ``directory``; returns the manifest digest.
+    ``extras``: more files by name (plain names, no folders), hashed like the graph."""
+    files = {GRAPH: graph, **(extras or {})}
+    for name, data in files.items():
+        if Path(name).name != name or name == MANIFEST:
+            raise BundleError(
+                f"a Bundle file needs a plain name other than {MANIFEST}; got {name!r}"
+            )
+        _write_file(directory / name, data)
+    manifest = replace(manifest, files={n: FileEntry(_sha256(d), len(d)) for n, d in files.items()})
     raw = manifest.dumps()
     _write_file(directory / MANIFEST, raw)
     return _sha256(raw)
@@ -129,4 +141,5 @@ def load_bundle(path: str | Path, *, expected_digest: str | None = None) -> Bund
                 f"Bundle file '{name}' in {root} was altered: its SHA-256 does not match the manifest"
             )
         contents[name] = data
-    return Bundle(path=root, manifest=manifest, graph=contents[GRAPH], digest=digest)
+    graph = contents.pop(GRAPH)
+    return Bundle(path=root, manifest=manifest, graph=graph, digest=digest, extras=contents)

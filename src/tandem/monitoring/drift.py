@@ -142,7 +142,22 @@ def _numeric(name: str, ref: Mapping[str, Any], values: np.ndarray) -> ColumnDri
         )
     }
     stat, psi = 0.0, None
-    if "bin_edges" in ref and present.size:
+    if "bin_edges" in ref and not ref["bin_edges"] and present.size:
+        # one or two values in the reference (a constant, a flag): no decile edges between
+        # them, but the mean gives their shares; the magnitude is the total variation distance
+        # over {min, max, anything else}, the share of values that would have to change
+        lo, hi = float(ref["min"]), float(ref["max"])
+        share_hi = (float(ref["mean"]) - lo) / (hi - lo) if hi > lo else 0.0
+        n_present = max(n_ref - round(missing_ref * n_ref), 1)
+        ref_counts = n_present * np.array([1 - share_hi, share_hi, 0.0])
+        at_lo, at_hi = (
+            float(np.sum(present == lo)),
+            float(np.sum(present == hi)) if hi > lo else 0.0,
+        )
+        cur_counts = np.array([at_lo, at_hi, present.size - at_lo - at_hi])
+        p["bins"] = _chi2_homogeneity(ref_counts, cur_counts)
+        stat = float(np.abs(ref_counts / n_present - cur_counts / present.size).sum() / 2)
+    elif "bin_edges" in ref and present.size:
         edges = np.asarray(ref["bin_edges"], dtype=float)
         ref_counts = np.asarray(ref["bin_counts"], dtype=float)
         cur_counts = np.bincount(
@@ -217,10 +232,15 @@ def drift(
     current: Mapping[str, np.ndarray],
     *,
     q: float = 0.05,
+    more_p: Mapping[str, Mapping[str, float]] | None = None,
 ) -> DatasetDrift:
     """Every referenced column of ``current`` against ``reference``, corrected together and
-    judged by the rule in the module docstring."""
+    judged by the rule in the module docstring. ``more_p``: more tests' p-values per column
+    (``{"x1": {"ks": 0.003}}``, from a reference sample), corrected with the others and
+    counted as tests of the column's shape."""
     columns = [column_drift(n, reference[n], current[n]) for n in reference if n in current]
+    if more_p:
+        columns = [replace(c, p_values={**c.p_values, **more_p.get(c.column, {})}) for c in columns]
     keys = [(i, k) for i, c in enumerate(columns) for k in c.p_values]
     adjusted = benjamini_hochberg([columns[i].p_values[k] for i, k in keys])
     per: list[dict[str, float]] = [{} for _ in columns]

@@ -22,11 +22,12 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tandem.bundle import Manifest, write_bundle
 from tandem.bundle.graph import GraphBuilder
-from tandem.bundle.manifest import graph_feed, split_kinds
-from tandem.data.profile import profile_columns
+from tandem.bundle.manifest import REFERENCE_SAMPLE, graph_feed, split_kinds
+from tandem.data.profile import output_profile, profile_columns
 from tandem.data.readers import check_unique_columns, read_table
 from tandem.data.schema import ColumnSpec, Task, coerce_column, infer_columns, infer_task
 from tandem.data.split import Split, split_indices
@@ -37,6 +38,7 @@ from tandem.ledger.meter import Meter, Profile
 from tandem.ledger.records import EpochLog, run_record
 from tandem.models import FAMILIES, Family
 from tandem.models.auto import Candidate, fit_candidates, rank_key
+from tandem.monitoring.sample import reference_sample, sample_to_table
 from tandem.registry import ModelVersion, Registry, VersionRecord, validate_name
 
 __all__ = ["PARITY_TOLERANCE", "Candidate", "Pipeline", "ProgressEvent", "TrainResult", "train"]
@@ -249,6 +251,8 @@ def train(
     params: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
+    parent: int | None = None,
+    description: str = "",
 ) -> TrainResult:
     """Train, freeze and register a model.
 
@@ -265,6 +269,8 @@ def train(
             ``mlp`` or ``{"max_rounds": 200}`` for ``gbdt`` (see each family's constructor).
         registry: where to register (default: ``TANDEM_HOME``).
         on_progress: called with a :class:`ProgressEvent` at each step.
+        parent: the version this one was retrained from (lineage).
+        description: a line kept with the version.
 
     Example:
         >>> result = train("weather.csv", target="rain", name="rain")  # doctest: +SKIP
@@ -307,6 +313,8 @@ def train(
         )
         family = fitted[best.family]
         reference = profile_columns(pre.columns, parts["train"])
+        sample = sample_to_table(pre.columns, reference_sample(pre.columns, parts["train"]))
+        reference_outputs = output_profile(prep.task, prep.classes, family.predict(X["validation"]))
     profile = meter.profile
     rows = {k: len(v) for k, v in ys.items()}
     details = {
@@ -319,6 +327,8 @@ def train(
             "ignored": list(ignore),
         },
         "reference": reference,
+        "reference_outputs": reference_outputs,
+        "reference_sample": {"file": REFERENCE_SAMPLE, "rows": sample.num_rows},
         "preprocessing": pre.state(),
         "model": family.describe(),
         "training": {"profile": profile.to_json(), "parity_max_abs": parity},
@@ -342,14 +352,22 @@ def train(
         "seconds_by_family": {c.family: c.seconds for c in leaderboard}, "epochs": epochs.fits,
     })  # fmt: skip
 
+    sink = pa.BufferOutputStream()
+    pq.write_table(sample, sink, compression="zstd")
+    sample_bytes = sink.getvalue().to_pybytes()
+
     def write(directory: Path, version: int) -> VersionRecord:
-        digest = write_bundle(directory, replace(manifest, version=version), graph)
+        digest = write_bundle(
+            directory, replace(manifest, version=version), graph, {REFERENCE_SAMPLE: sample_bytes}
+        )
         return VersionRecord(
             digest=digest,
             task=prep.task,
             family=best.family,
             metrics=best.test,
             data_fingerprint=prep.fingerprint,
+            parent_version=parent,
+            description=description,
             runs=(run,),
         )
 
