@@ -245,9 +245,13 @@ def models_show(
     with Registry() as reg:
         version = reg.get(ref)
         others = reg.list_versions(version.name)
+        decisions = reg.decisions(version.name, version.version)
     manifest = load_bundle(version.path, expected_digest=version.digest).manifest
     if as_json:
-        _print_json({**_version_json(version), "manifest": manifest.to_json()})
+        _print_json(
+            {**_version_json(version), "manifest": manifest.to_json(),
+             "decisions": [d.__dict__ | {"decided_at": d.decided_at.isoformat()} for d in decisions]}
+        )  # fmt: skip
         return
     table = Table(title=f"{version.ref}", show_header=False)
     table.add_column("field")
@@ -273,6 +277,13 @@ def models_show(
     table.add_row("parent", str(version.parent_version or "-"))
     table.add_row("tags", ", ".join(f"{k}={v}" for k, v in version.tags.items()) or "-")
     table.add_row("bundle", f"{version.path}  (verified, manifest sha256 {version.digest[:12]}…)")
+    for d in decisions:
+        table.add_row(
+            f"decision {d.decided_at:%Y-%m-%d %H:%M}",
+            f"{d.kind}: {d.name}:{d.challenger_version} "
+            + (f"vs {d.name}:{d.champion_version} " if d.champion_version else "")
+            + f"for @{d.alias}: {d.reason}",
+        )
     table.add_row(
         "versions",
         ", ".join(
@@ -307,13 +318,20 @@ def models_delete(
 @app.command()
 def promote(
     ref: Annotated[str, typer.Argument(help="NAME:VERSION to point the alias at.")],
-    alias: Annotated[str, typer.Option(help="Alias to set or move, e.g. champion.")],
+    alias: Annotated[str, typer.Option(help="Alias to set or move.")] = "champion",
+    reason: Annotated[
+        str, typer.Option(help="Why, kept with the decision (e.g. 'rollback: v4 mislabels').")
+    ] = "",
 ) -> None:
-    """Point NAME@ALIAS at a version (set it, or move it)."""
+    """Point NAME@ALIAS at a version (set it, or move it: a promotion or a rollback)."""
     name, version = _name_version(ref)
     with Registry() as reg:
-        reg.set_alias(name, version, alias)
-    out.print(f"{name}@{alias} → {name}:{version}")
+        decision = reg.decide(
+            name, kind="manual", alias=alias, challenger=version, promoted=True,
+            reason=reason or "promoted by hand (tandem promote)",
+        )  # fmt: skip
+    was = decision.champion_version
+    out.print(f"{name}@{alias} → {name}:{version}" + (f" (was {name}:{was})" if was else ""))
 
 
 @app.command()
@@ -406,6 +424,10 @@ def batch(
             "single-threaded session per core, measured faster)."
         ),
     ] = None,
+    log_sample: Annotated[
+        float,
+        typer.Option(help="Share of rows kept in the prediction log for monitoring (0: none)."),
+    ] = 0.1,
     as_json: JsonOpt = False,
 ) -> None:
     """Score files of rows with a registered model: streamed, resumable, any size."""
@@ -414,7 +436,7 @@ def batch(
     options = BatchOptions(
         inputs=input, output=output, format=format, keep=keep or [], on_error=on_error,
         resume=resume, overwrite=overwrite, chunk_rows=chunk_rows, threads=threads,
-        engine=engine, ray_address=ray_address,
+        engine=engine, ray_address=ray_address, log_sample=log_sample,
     )  # fmt: skip
     with _batch_progress(not as_json) as update:
         result = run_batch(ref, options, on_progress=update)
@@ -491,10 +513,15 @@ def serve(
     processes: Annotated[
         int, typer.Option(help="Server processes sharing the port (more cores, more throughput).")
     ] = 1,
+    log_sample: Annotated[
+        float,
+        typer.Option(help="Share of requests kept in the prediction log for monitoring (0: off)."),
+    ] = 1.0,
 ) -> None:
     """Serve models over HTTP: Open Inference Protocol v2 and MLflow /invocations."""
     import logging
 
+    from tandem.monitoring.predictions import LogOptions
     from tandem.serving import BatcherConfig, ServeOptions
     from tandem.serving import serve as run_serve
 
@@ -509,6 +536,7 @@ def serve(
         host=host, port=port, api_key=api_key, threads=threads, poll_s=poll_s,
         max_body=int(max_body_mb * 2**20), ledger_interval_s=ledger_interval,
         batching=BatcherConfig(timeout_s=timeout_ms / 1e3, max_batch=max_batch),
+        log=LogOptions(sample=log_sample),
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -573,45 +601,6 @@ def report(
             retrain_every=retrain_every or None,
         )  # fmt: skip
     _render_report(result, as_json=as_json, html=html)
-
-
-@app.command()
-def monitor(
-    ref: Annotated[
-        str,
-        typer.Argument(help="The model: NAME (its newest version), NAME:VERSION or NAME@ALIAS."),
-    ],
-    current: Annotated[
-        Path, typer.Option("--current", help="Production rows: CSV, Parquet, JSONL or a folder.")
-    ],
-    q: Annotated[float, typer.Option(help="False discovery rate of the column tests.")] = 0.05,
-    as_json: JsonOpt = False,
-) -> None:
-    """Compare production rows with the reference statistics frozen in the model's Bundle."""
-    from tandem.monitoring.monitor import check_file
-
-    with Registry() as reg:
-        result = check_file(reg, ref, current, q=q)
-    if as_json:
-        _print_json(result.to_json())
-        return
-    shown = Table(title=f"drift of {result.current} ({result.rows:,} rows) against {result.model}")
-    for col in ("column", "measure", "value", "threshold", "PSI", "missing Δ", "min adj. p",
-                "verdict"):  # fmt: skip
-        shown.add_column(col)
-    for c in result.result.columns:
-        shown.add_row(
-            c.column, c.magnitude.replace("wasserstein_sd", "W1/sd").replace("jensen_shannon", "JS"),
-            f"{c.statistic:.3f}", f"{c.threshold:g}",
-            "—" if c.psi is None else f"{c.psi:.3f}", f"{c.missing_change:+.3f}",
-            f"{min(c.adjusted.values()):.2g}", "drift" if c.drifted else "ok",
-        )  # fmt: skip
-    out.print(shown)
-    verdict = result.result.drifted_columns
-    out.print(
-        f"drift in {', '.join(verdict)}" if verdict else "no drift",
-        highlight=False,
-    )
 
 
 @app.command()
@@ -836,7 +825,25 @@ def demo(
     for row in result.table():
         table.add_row(*row)
     out.print(table)
+    _render_loop(result.loop)
     _render_report(result.report, as_json=False, html=html)
+
+
+def _render_loop(loop: Any) -> None:
+    """The demo's monitoring stage: drift, decay, and the retraining decision."""
+    from tandem.cli_monitoring import _render_monitor, _render_retrain
+
+    out.print(
+        f"\n[bold]monitor and retrain[/]: the {loop.labelled:,} later days served over HTTP were "
+        "logged, and their truth fed back",
+        highlight=False,
+    )
+    _render_monitor(loop.monitor)
+    _render_retrain(loop.retrain)
+
+
+# the monitoring loop's commands live in their own module; importing it registers them
+from tandem import cli_monitoring  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

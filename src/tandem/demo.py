@@ -4,8 +4,11 @@ Daily weather (will it rain tomorrow?): train ``auto`` on the older years, regis
 promote the winner, then predict the newer years from the registry, in bulk, row by row in
 process, and over HTTP from a real ``tandem serve`` process, and put what training cost
 beside what inference costs; then score the newer years again as a batch job over a
-Parquet file (``tandem batch``); and end with ``tandem report``: the ledger's measured
-training-vs-inference table and the lifetime projection, also written as an HTML page.
+Parquet file (``tandem batch``); then close the loop: the days served over HTTP were logged,
+their truth arrives (``tandem feedback``), ``tandem monitor`` finds the drift and the decay,
+and ``tandem retrain --promote`` trains a challenger on them and promotes it only on evidence;
+and end with ``tandem report``: the ledger's measured training-vs-inference table and the
+lifetime projection, also written as an HTML page.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ from tandem.inference import load
 from tandem.ledger.cost import PriceTable
 from tandem.ledger.meter import Meter, Profile, process_cpu_seconds
 from tandem.ledger.report import Report, build_report
+from tandem.monitoring.monitor import MonitorReport
+from tandem.monitoring.retrain import RetrainResult
 from tandem.registry import Registry
 from tandem.training.train import ProgressEvent, TrainResult, train
 
@@ -74,6 +80,20 @@ class BatchStats:
 
 
 @dataclass(frozen=True)
+class LoopStats:
+    labelled: int
+    monitor: MonitorReport
+    retrain: RetrainResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "labelled": self.labelled,
+            "monitor": self.monitor.to_json(),
+            "retrain": self.retrain.to_json(),
+        }
+
+
+@dataclass(frozen=True)
 class DemoResult:
     training: TrainResult
     inference_rows: int
@@ -86,6 +106,7 @@ class DemoResult:
     single_row_cpu_us: float
     realtime: RealtimeStats
     batch: BatchStats
+    loop: LoopStats
     report: Report
 
     def table(self) -> list[tuple[str, str, str]]:
@@ -168,6 +189,7 @@ class DemoResult:
                 "realtime": self.realtime.to_json(),
                 "batch": self.batch.to_json(),
             },
+            "loop": self.loop.to_json(),
             "report": self.report.to_json(),
         }
 
@@ -221,6 +243,7 @@ def run_demo(
         settings.home, settings.registry, features, out.column("label").to_pylist()
     )
     batch = _batch(settings, newer.drop_columns(["rain"]), out.column("label").to_pylist())
+    loop = _loop(settings, newer.slice(0, realtime.requests))
     with Registry(settings) as reg:
         report = build_report(reg, result.version.ref, PriceTable.load(settings=settings),
                               requests_per_day=REQUESTS_PER_DAY)  # fmt: skip
@@ -235,8 +258,45 @@ def run_demo(
         single_row_cpu_us=single_meter.profile.cpu_seconds / len(rows) * 1e6,
         realtime=realtime,
         batch=batch,
+        loop=loop,
         report=report,
     )
+
+
+def _loop(settings: Any, served: Any) -> LoopStats:
+    """The later days the server answered were production traffic; their truth arrives
+    (``tandem feedback``), ``tandem monitor`` compares them with what the Bundle froze, and
+    ``tandem retrain --promote`` trains a challenger on them and promotes it only if it beats
+    the champion on the most recent of them beyond the bootstrap interval."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tandem.monitoring.feedback import add_labels
+    from tandem.monitoring.monitor import check
+    from tandem.monitoring.retrain import retrain, training_rows_from_log
+
+    window = timedelta(hours=1)
+    labels = pa.table({
+        "request_id": [f"day-{d}" for d in served.column("day").to_pylist()],
+        "rain": served.column("rain"),
+    })  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="tandem-demo-") as tmp, Registry(settings) as reg:
+        pq.write_table(labels, Path(tmp) / "labels.parquet")
+        fed = add_labels(reg, NAME, Path(tmp) / "labels.parquet")
+        if fed.matched_rows < labels.num_rows:
+            raise RuntimeError(
+                f"the server logged {fed.matched_rows} of the {labels.num_rows} days it answered"
+            )
+        monitored = check(reg, f"{NAME}@champion", since=window)
+        trigger = {"drifted_columns": monitored.result.drifted_columns,
+                   "alarm": monitored.performance.alarm if monitored.performance else None,
+                   "source": monitored.source}  # fmt: skip
+        champion = reg.get(f"{NAME}@champion")
+        data = training_rows_from_log(reg, champion, window)
+        decided = retrain(reg, NAME, data, promote=True, evidence={"trigger": trigger})
+    return LoopStats(fed.matched_rows, monitored, decided)
 
 
 def _batch(settings: Any, rows: Any, labels: list[Any]) -> BatchStats:
@@ -282,14 +342,17 @@ def _realtime(
         n = min(REALTIME_REQUESTS, features.num_rows)
         rows = features.slice(0, n).to_pylist()
         bodies = [orjson.dumps({"dataframe_records": [row]}) for row in rows]
+        # the client's own ids (the day): what the late labels are joined on (tandem feedback)
+        ids = [f"day-{row['day']}" for row in rows]
         cpu_before = process_cpu_seconds(proc.pid)
-        load = closed_loop("127.0.0.1", port, "/invocations", bodies, concurrency=REALTIME_CLIENTS)
+        load = closed_loop("127.0.0.1", port, "/invocations", bodies, concurrency=REALTIME_CLIENTS,
+                           request_ids=ids)  # fmt: skip
         cpu_after = process_cpu_seconds(proc.pid)
         time.sleep(2.5)  # idle ledger intervals: what the server costs between requests
     finally:
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=15)
+        try:  # its last act is writing the prediction log, which the loop stage reads
+            proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()

@@ -38,6 +38,19 @@ def test_demo_trains_registers_predicts_and_compares_phases(home: Path) -> None:
     assert 0 < realtime["p50_ms"] <= realtime["p99_ms"] and realtime["requests_per_s"] > 0
     batch = inference["batch"]  # the same later days, as a tandem batch job over a file
     assert batch["rows"] == inference["rows"] and batch["mismatches"] == 0
+    # the loop: the served days were logged, labelled late, found drifted, and a challenger
+    # trained on them was judged against the champion on the most recent of them
+    loop = report["loop"]
+    assert loop["labelled"] == 3000
+    monitored = loop["monitor"]
+    assert monitored["drifted"] and monitored["drifted_columns"]
+    assert monitored["performance"]["rows"] == 3000
+    decision = loop["retrain"]
+    assert decision["champion"] == 1 and decision["challenger"] == 2
+    assert decision["holdout_rows"] == 750 and decision["train_rows"] == 2250
+    low, high = decision["interval"]
+    assert low <= decision["difference"] <= high
+    assert decision["promoted"] == (low > 0)
     assert batch["rows_per_s"] > 0 and batch["cpu_seconds"] > 0
     # it ends with the ledger's report of the same model, and its HTML page
     ledger = report["report"]

@@ -87,6 +87,7 @@ def leftovers(artifacts: Path) -> list[str]:
 
 def test_public_names() -> None:
     assert set(tandem.registry.__all__) == {
+        "Decision",
         "ModelRef",
         "ModelSummary",
         "ModelVersion",
@@ -502,6 +503,7 @@ def test_a_schema_1_registry_is_migrated_and_keeps_numbering(home: Path) -> None
     db = sqlite3.connect(home / "registry.db")
     db.execute("ALTER TABLE models DROP COLUMN last_version")
     db.execute("DROP TABLE runs")
+    db.execute("DROP TABLE decisions")
     db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     db.commit()
     db.close()
@@ -512,6 +514,8 @@ def test_a_schema_1_registry_is_migrated_and_keeps_numbering(home: Path) -> None
         reg.record_run("m", 3, RunRecord(phase="batch", wall_seconds=1.0, cpu_seconds=0.5,
                                          peak_rss_mb=100.0, rows=10))  # fmt: skip
         assert [r.rows for r in reg.runs("m")] == [10]
+        # and the table of schema 4 to record decisions in
+        assert reg.decide("m", kind="manual", alias="a", challenger=3, promoted=True, reason="r").id
     db = sqlite3.connect(home / "registry.db")
     assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
         str(SCHEMA_VERSION),
@@ -541,3 +545,34 @@ def test_runs_are_recorded_against_their_version_and_go_with_it(home: Path) -> N
             reg.record_run("m", 7, run("batch", 1))
         reg.delete_version("m", 1)
         assert [r.version for r in reg.runs("m")] == [2, 2]
+
+
+def test_a_decision_and_its_alias_move_together(home: Path) -> None:
+    with Registry(Settings(home=home)) as reg:
+        for _ in range(3):
+            reg.register("m", writer())
+        first = reg.decide("m", kind="retrain", alias="champion", challenger=1, promoted=True,
+                           reason="first", evidence={"interval": [0.01, 0.05]})  # fmt: skip
+        assert first.champion_version is None and reg.get("m@champion").version == 1
+        kept = reg.decide("m", kind="retrain", alias="champion", challenger=2, promoted=False,
+                          reason="not better")  # fmt: skip
+        assert kept.champion_version == 1 and reg.get("m@champion").version == 1
+        moved = reg.decide("m", kind="manual", alias="champion", challenger=3, promoted=True,
+                           reason="by hand")  # fmt: skip
+        assert moved.champion_version == 1 and reg.get("m@champion").version == 3
+        # a decision about a version that does not exist is refused whole: no alias, no row
+        with pytest.raises(NotFoundError):
+            reg.decide(
+                "m", kind="manual", alias="champion", challenger=9, promoted=True, reason="x"
+            )
+        assert reg.get("m@champion").version == 3
+        assert [d.reason for d in reg.decisions("m")] == ["first", "not better", "by hand"]
+        assert [d.reason for d in reg.decisions("m", 2)] == ["not better"]
+        assert reg.decisions("m")[0].evidence == {"interval": [0.01, 0.05]}
+        with pytest.raises(UsageError):
+            reg.decide(
+                "m", kind="manual", alias="bad alias!", challenger=1, promoted=True, reason=""
+            )
+        # the history outlives the versions it names
+        reg.delete_version("m", 2)
+        assert len(reg.decisions("m")) == 3

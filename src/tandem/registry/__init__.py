@@ -7,6 +7,7 @@ Example:
 
 from tandem.registry.refs import ModelRef, parse_ref, validate_name
 from tandem.registry.store import (
+    Decision,
     ModelSummary,
     ModelVersion,
     Registry,
@@ -16,6 +17,7 @@ from tandem.registry.store import (
 )
 
 __all__ = [
+    "Decision",
     "ModelRef",
     "ModelSummary",
     "ModelVersion",

@@ -33,11 +33,11 @@ from tandem.errors import ConfigError, NotFoundError, RegistryError, UsageError
 from tandem.registry.refs import LATEST, ModelRef, parse_ref, validate_alias, validate_name
 
 __all__ = [
-    "SCHEMA_VERSION", "ModelSummary", "ModelVersion", "Registry", "Run", "RunRecord", "VersionRecord",
+    "SCHEMA_VERSION", "Decision", "ModelSummary", "ModelVersion", "Registry", "Run", "RunRecord", "VersionRecord",
 ]  # fmt: skip
 
 #: version of the table layout, stored in the ``meta`` table for later migrations
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _ATTEMPTS = 5
 _WRITE = "tandem_write"  # execution option: the transaction will write
@@ -101,6 +101,23 @@ _runs = sa.Table(
     sa.Column("details", sa.Text, nullable=False),  # JSON object
     sa.ForeignKeyConstraint(["name", "version"], ["versions.name", "versions.version"]),
     sa.Index("runs_by_version", "name", "version"),
+)
+#: every move of an alias that a retraining decided (or a person made by hand), with its
+#: evidence; kept when versions are deleted, as the history of what served and why
+_decisions = sa.Table(
+    "decisions",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("champion_version", sa.Integer),
+    sa.Column("challenger_version", sa.Integer, nullable=False),
+    sa.Column("promoted", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("evidence", sa.Text, nullable=False),  # JSON object
+    sa.Index("decisions_by_name", "name"),
 )
 _meta = sa.Table(
     "meta",
@@ -187,6 +204,27 @@ class Run:
     peak_rss_mb: float
     rows: int
     details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether ``challenger_version`` took ``alias`` from ``champion_version``, and why.
+
+    ``kind`` is ``retrain`` (decided by ``tandem retrain`` on measured evidence) or ``manual``
+    (``tandem promote``: a rollback or an override); ``evidence`` is JSON (metrics of both on
+    the same holdout, the interval of their difference, the drift report that triggered it).
+    """
+
+    id: int
+    name: str
+    decided_at: datetime
+    kind: str
+    alias: str
+    champion_version: int | None
+    challenger_version: int
+    promoted: bool
+    reason: str
+    evidence: dict[str, Any]
 
 
 _P = ParamSpec("_P")
@@ -462,6 +500,65 @@ class Registry:
             raise
         shutil.rmtree(trash, ignore_errors=True)
 
+    @_retry_races
+    def decide(
+        self,
+        name: str,
+        *,
+        kind: str,
+        alias: str,
+        challenger: int,
+        promoted: bool,
+        reason: str,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Record a decision about ``name@alias`` and, when ``promoted``, move the alias to
+        ``challenger`` in the same transaction: the move and its record exist together or not
+        at all. The champion is whatever the alias pointed at before."""
+        validate_alias(alias)
+        with self._tx(write=True) as conn:
+            self._require_version(conn, name, challenger)
+            champion = conn.scalar(
+                select(_aliases.c.version).where(*_at(_aliases, name), _aliases.c.alias == alias)
+            )
+            if promoted:
+                conn.execute(
+                    delete(_aliases).where(*_at(_aliases, name), _aliases.c.alias == alias)
+                )
+                conn.execute(insert(_aliases).values(name=name, alias=alias, version=challenger))
+            row = {
+                "name": name, "decided_at": datetime.now(UTC), "kind": kind, "alias": alias,
+                "champion_version": champion, "challenger_version": challenger,
+                "promoted": promoted, "reason": reason,
+                "evidence": json.dumps(dict(evidence or {}), default=str),
+            }  # fmt: skip
+            inserted = conn.execute(insert(_decisions).values(row)).inserted_primary_key
+            assert inserted is not None
+            return Decision(id=int(inserted[0]), **row | {"evidence": dict(evidence or {})})
+
+    def decisions(self, name: str, version: int | None = None) -> list[Decision]:
+        """The decisions about ``name`` (those where ``version`` was champion or challenger),
+        oldest first."""
+        query = select(_decisions).where(_decisions.c.name == name)
+        if version is not None:
+            query = query.where(
+                sa.or_(
+                    _decisions.c.champion_version == version,
+                    _decisions.c.challenger_version == version,
+                )
+            )
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(_decisions.c.id)).mappings().all()
+        return [
+            Decision(
+                **(
+                    dict(r)
+                    | {"decided_at": _utc(r["decided_at"]), "evidence": json.loads(r["evidence"])}
+                )
+            )
+            for r in rows
+        ]
+
     def record_run(self, name: str, version: int, record: RunRecord) -> Run:
         """Record one finished piece of work of ``name:version``."""
         (run,) = self.record_runs([(name, version, record)])
@@ -521,6 +618,10 @@ class Registry:
             with self._tx(write=True) as conn:
                 _migrate_2_to_3(conn)
             found = 3
+        if found == 3:
+            with self._tx(write=True) as conn:
+                _migrate_3_to_4(conn)
+            found = 4
         if found > SCHEMA_VERSION:
             raise RegistryError(
                 f"registry database {self._where} has schema version {found}, newer than this "
@@ -652,6 +753,14 @@ def _migrate_2_to_3(conn: Connection) -> None:
         return
     _runs.create(conn, checkfirst=True)
     _set_schema_version(conn, 3)
+
+
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Version 4 added the ``decisions`` table."""
+    if _schema_version(conn) != 3:
+        return
+    _decisions.create(conn, checkfirst=True)
+    _set_schema_version(conn, 4)
 
 
 def _set_schema_version(conn: Connection, version: int) -> None:
