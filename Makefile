@@ -32,7 +32,14 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(BIN)/pytest
 
-bench: $(VENV)/.installed-dev
+# Evidently, the drift benchmark's baseline, in a venv of its own: it pins its own
+# dependencies and does not import under pandas 3
+EVIDENTLY := .venv-evidently/bin/python
+$(EVIDENTLY):
+	$(PYTHON) -m venv .venv-evidently
+	.venv-evidently/bin/pip install --quiet 'evidently==0.7.23' 'pandas<3' pyarrow
+
+bench: $(VENV)/.installed-dev $(EVIDENTLY)
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_quality.py
 	$(BIN)/python benchmarks/bench_graph_inputs.py
@@ -40,6 +47,8 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_batch.py
 	$(BIN)/python benchmarks/bench_ledger.py
 	$(BIN)/python benchmarks/bench_advise.py
+	$(BIN)/python benchmarks/bench_predlog.py
+	TANDEM_EVIDENTLY_PYTHON=$(EVIDENTLY) $(BIN)/python benchmarks/bench_drift.py
 
 clean:
-	rm -rf $(VENV) .tandem .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-evidently .tandem .pytest_cache .mypy_cache .ruff_cache

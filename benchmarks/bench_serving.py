@@ -316,8 +316,22 @@ def server_specs(have_tandem: bool, have_asgi: bool, alternatives: bool) -> list
         specs.append(
             ServerSpec(
                 "tandem",
-                "tandem serve w1 gbdt --threads 1 (its own HTTP layer)",
-                [*cli, "serve", *MODELS, "--host", HOST, "--port", PORT, "--threads", "1"],
+                "tandem serve w1 gbdt --threads 1 --log-sample 0 (its own HTTP layer)",
+                # the baselines keep no prediction log: like for like (bench_predlog.py
+                # measures what the log costs)
+                [
+                    *cli,
+                    "serve",
+                    *MODELS,
+                    "--host",
+                    HOST,
+                    "--port",
+                    PORT,
+                    "--threads",
+                    "1",
+                    "--log-sample",
+                    "0",
+                ],
             )
         )
     specs += [

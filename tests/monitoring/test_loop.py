@@ -131,10 +131,18 @@ def test_drift_decay_retrain_promote_rollback(home: Path, tmp_path: Path) -> Non
         done = cli(home, "promote", "rain:1", "--reason", "rollback drill")
         assert done.returncode == 0 and "rain@champion → rain:1 (was rain:2)" in done.stdout
 
-    done = cli(home, "models", "show", "rain:2", "--json")
+        # the loop in one command: drift found, retrained on the log's labelled rows
+        done = cli(home, "monitor", "rain@champion", "--since", "1h", "--retrain", "--json")
+        assert done.returncode == 0, done.stderr
+        again = json.loads(done.stdout)["retrain"]
+        assert again["champion"] == 1 and again["challenger"] == 3 and not again["promoted"]
+        assert again["train_rows"] + again["holdout_rows"] == 3000
+
+    done = cli(home, "models", "show", "rain:1", "--json")  # it took part in all three
     shown = json.loads(done.stdout)["decisions"]
     assert [(d["kind"], d["promoted"], d["challenger_version"]) for d in shown] == [
-        ("retrain", True, 2), ("manual", True, 1)]  # fmt: skip
+        ("retrain", True, 2), ("manual", True, 1), ("retrain", False, 3)]  # fmt: skip
+    assert shown[2]["evidence"]["trigger"]["drifted_columns"]  # what set it off
     assert shown[0]["evidence"]["champion"]["metrics"]["accuracy"] < 0.6
     assert shown[1]["reason"] == "rollback drill"
     text = cli(home, "models", "show", "rain:2").stdout
@@ -146,19 +154,20 @@ def test_drift_decay_retrain_promote_rollback(home: Path, tmp_path: Path) -> Non
 
 def test_no_promotion_without_evidence(home: Path, tmp_path: Path) -> None:
     """Fresh rows like the old ones: the challenger is no better beyond the interval, so the
-    alias stays, and the decision says why."""
+    alias stays, and the decision says why. --with-old trains on the champion's data too."""
+    pq.write_table(world(2000, seed=1, later=False), tmp_path / "old.parquet")
     with Registry(Settings(home=home)) as reg:
-        tandem.train(world(2000, seed=1, later=False), target="rain", name="rain", model="linear",
+        tandem.train(tmp_path / "old.parquet", target="rain", name="rain", model="linear",
                      registry=reg)  # fmt: skip
         reg.set_alias("rain", 1, "champion")
     pq.write_table(world(1200, seed=3, later=False), tmp_path / "fresh.parquet")
-    done = cli(
-        home, "retrain", "rain", "--data", str(tmp_path / "fresh.parquet"), "--promote", "--json"
-    )
+    done = cli(home, "retrain", "rain", "--data", str(tmp_path / "fresh.parquet"), "--promote",
+               "--with-old", "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     decision = json.loads(done.stdout)
     assert not decision["promoted"] and decision["interval"][0] <= 0
     assert decision["reason"].startswith("kept the champion")
+    assert decision["train_rows"] == 2000 + 900 and decision["holdout_rows"] == 300
     with Registry(Settings(home=home)) as reg:
         assert reg.get("rain@champion").version == 1
         (d,) = reg.decisions("rain")

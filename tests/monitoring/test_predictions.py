@@ -256,3 +256,40 @@ def test_compaction_survives_a_crash_and_waits_its_turn(tmp_path: Path) -> None:
         shutil.copy(f, day / f.name)
     assert read_log("m", settings=home).column("a").to_pylist() == [0.0, 1.0, 2.0]
     assert not list(day.glob(f"*{HOT_SUFFIX}"))  # and the next compaction removed them
+
+
+def test_feedback_by_a_key_column_and_bad_labels(models_home: Path, tmp_path: Path) -> None:
+    from tandem import Registry
+    from tandem.monitoring.feedback import add_labels, labelled
+
+    data = mixed_table(40, seed=9)
+    with running_server(["mixed"], models_home, log=LogOptions(flush_s=0.2)) as srv:
+        for i in range(0, 40, 4):
+            post(f"{srv.url}/invocations", {"dataframe_records": rows(data, i, i + 4)})
+    home = Settings(home=models_home)
+    labels = pa.table(
+        {"x1": data.column("x1").slice(0, 25), "target": data.column("target").slice(0, 25)}
+    )
+    labels = pa.concat_tables([labels, pa.table({"x1": [123.0], "target": ["yes"]})])  # unknown
+    pa.parquet.write_table(labels, tmp_path / "labels.parquet")
+    with Registry(home) as reg:
+        fed = add_labels(reg, "mixed", tmp_path / "labels.parquet", key="x1")
+        assert (fed.received, fed.matched_rows, fed.unmatched) == (26, 25, 1)
+        joined = labelled(read_log("mixed", settings=home), "mixed", home)
+        assert joined is not None and joined.num_rows == 25
+        truth = dict(
+            zip(data.column("x1").to_pylist(), data.column("target").to_pylist(), strict=True)
+        )
+        assert all(truth[r["x1"]] == r["__true"] for r in joined.to_pylist())
+        pa.parquet.write_table(
+            pa.table({"x1": [0.5], "target": ["maybe"]}), tmp_path / "bad.parquet"
+        )
+        with pytest.raises(
+            DataError, match=r"\['maybe'\] that are not classes of the model \['no', 'yes'\]"
+        ):
+            add_labels(reg, "mixed", tmp_path / "bad.parquet", key="x1")
+        pa.parquet.write_table(pa.table({"x1": [0.5], "target": ["yes"]}), tmp_path / "one.parquet")
+        with pytest.raises(DataError, match="no column 'city_id' to join on"):
+            add_labels(reg, "mixed", tmp_path / "one.parquet", key="city_id")
+        with pytest.raises(DataError, match="no 'request_id' column"):
+            add_labels(reg, "mixed", tmp_path / "one.parquet")

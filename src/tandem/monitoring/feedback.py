@@ -103,6 +103,8 @@ def add_labels(
             f"{labels} has no labels column: name it '{manifest.target}' (the model's target) "
             "or 'label', or pass --label-column"
         )
+    # every label is checked, matched or not: a typo in the file is named, not dropped
+    _true_values(table.column(column), manifest.task, manifest.classes, column)
     log = read_log(version.name, settings=registry.settings)
     joined = _join(table, log, key, str(labels))
     true = _true_values(joined.column(column), manifest.task, manifest.classes, column)
