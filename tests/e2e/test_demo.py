@@ -67,4 +67,6 @@ def test_demo_trains_registers_predicts_and_compares_phases(home: Path) -> None:
         text=True,
         env=cli_env(home),
     )
-    assert json.loads(again.stdout)["version"] == 1
+    shown = json.loads(again.stdout)  # the champion is whoever the loop's decision left there
+    assert shown["version"] == (2 if decision["promoted"] else 1)
+    assert [d["kind"] for d in shown["decisions"]] == ["retrain"]
