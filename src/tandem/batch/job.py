@@ -211,10 +211,7 @@ def _plan(reg: Registry, ref: str, options: BatchOptions) -> _Plan:
         raise UsageError("--ray-address is for --engine ray")
     if options.chunk_rows < 1:
         raise ConfigError(f"chunk rows must be at least 1; got {options.chunk_rows}")
-    if not 0 <= options.log_sample <= 1:
-        raise ConfigError(
-            f"--log-sample must be a share between 0 (off) and 1 (every row); got {options.log_sample}"
-        )
+    LogOptions(sample=options.log_sample)  # refuses a share outside 0..1, naming it
     if options.threads is not None and options.threads < 1:
         raise ConfigError(f"threads must be at least 1; got {options.threads}")
     if options.resume and options.overwrite:
@@ -408,12 +405,11 @@ class _BatchLog:
         self.layout = Layout.of(version.name, version.version, scorer.specs, scorer.outputs)
         self.specs = scorer.specs
         self.job_id = f"batch-{uuid.uuid4().hex[:12]}"
-        self.sample = sample
         self.rng = np.random.default_rng()
         self.log = PredictionLog("batch", LogOptions(sample=sample), settings=settings)
 
     def add(self, first_row: int, inputs: pa.Table, scored: pa.Table) -> None:
-        keep = self.rng.random(scored.num_rows) < self.sample
+        keep = self.rng.random(scored.num_rows) < self.log.options.sample
         keep &= scored.column(WHY[2]).is_null().to_numpy(zero_copy_only=False)
         if keep.any():
             table = batch_rows(

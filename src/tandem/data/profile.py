@@ -6,14 +6,14 @@ the frequency of each (the top ones, the rest pooled as ``__other__``) and the m
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from tandem.data.schema import MISSING_CATEGORY, ColumnSpec
 
-__all__ = ["column_profile", "output_columns", "output_profile", "profile_columns"]
+__all__ = ["column_profile", "output_profile", "profile_columns"]
 
 N_BINS = 10
 #: categories kept by name in the reference statistics; the rest are pooled
@@ -72,29 +72,13 @@ def profile_columns(
     return {s.name: column_profile(s, columns[s.name]) for s in specs}
 
 
-def output_columns(
-    task: str, classes: Sequence[Any], predicted: np.ndarray
-) -> dict[str, np.ndarray]:
-    """A model's outputs as the prediction log names them: ``__label`` (text) and
-    ``__proba_<class>`` per class, or ``__prediction``, from probabilities (n, k) or values."""
-    if task == "regression":
-        return {"__prediction": np.asarray(predicted, dtype=float).reshape(-1)}
-    labels = np.asarray([str(c) for c in classes], dtype=object)[np.argmax(predicted, axis=1)]
-    out: dict[str, np.ndarray] = {"__label": labels}
-    out.update(
-        (f"__proba_{c}", np.asarray(predicted[:, i], dtype=float)) for i, c in enumerate(classes)
-    )
-    return out
-
-
-def output_profile(
-    task: str, classes: Sequence[Any], predicted: np.ndarray
-) -> dict[str, dict[str, Any]]:
-    """Reference statistics of a model's outputs on held-out data, for prediction drift."""
-    columns = output_columns(task, classes, predicted)
+def output_profile(columns: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Reference statistics of a model's outputs on held-out data, for prediction drift: text
+    columns (the label) as categories, the rest as numbers."""
     return {
         name: column_profile(
-            ColumnSpec(name=name, kind="categorical" if name == "__label" else "numeric"), values
+            ColumnSpec(name=name, kind="categorical" if values.dtype == object else "numeric"),
+            values,
         )
         for name, values in columns.items()
     }

@@ -34,6 +34,15 @@ def _nice_max(value: float) -> float:
     return 10 * exp
 
 
+def svg_open(title: str, width: int, height: int) -> str:
+    """The opening of an inline SVG chart, titled for screen readers and tooltips."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{html.escape(title)}" width="{width}" height="{height}">'
+        f"<title>{html.escape(title)}</title>"
+    )
+
+
 def line_chart(
     title: str, days: Sequence[int], series: Mapping[str, Sequence[float]],
     label: Callable[[float], str],
@@ -51,11 +60,7 @@ def line_chart(
     def y(v: float) -> float:
         return _PAD_T + ih * (1 - v / top)
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" role="img" '
-        f'aria-label="{html.escape(title)}" width="{_W}" height="{_H}">',
-        f"<title>{html.escape(title)}</title>",
-    ]
+    parts = [svg_open(title, _W, _H)]
     for i in range(5):  # grid and y labels
         v = top * i / 4
         parts.append(f'<line x1="{_PAD_L}" x2="{_PAD_L + iw}" y1="{y(v):.1f}" y2="{y(v):.1f}" '

@@ -103,15 +103,13 @@ def add_labels(
             f"{labels} has no labels column: name it '{manifest.target}' (the model's target) "
             "or 'label', or pass --label-column"
         )
-    # every label is checked, matched or not: a typo in the file is named, not dropped
-    _true_values(table.column(column), manifest.task, manifest.classes, column)
+    # every label is converted (and checked) once, matched or not: a typo is named, not dropped
+    true = _true_values(table.column(column), manifest.task, manifest.classes, column)
     log = read_log(version.name, settings=registry.settings)
-    joined = _join(table, log, key, str(labels))
-    true = _true_values(joined.column(column), manifest.task, manifest.classes, column)
-    keep = pc.is_valid(true)
-    rows = pa.table({REQUEST_ID: joined.column(REQUEST_ID), ROW: joined.column(ROW), TRUE: true})
-    rows = rows.filter(keep)
-    matched_labels = int(table.num_rows - _unmatched(table, log, key))
+    left, right, keys = _sides(table, true, log, key, str(labels))
+    joined = left.join(right, keys, join_type="inner")
+    rows = joined.select([REQUEST_ID, ROW, TRUE]).filter(pc.is_valid(joined.column(TRUE)))
+    unmatched = left.join(right.select(keys), keys, join_type="left anti").num_rows
     stored = None
     if rows.num_rows:
         rows = rows.append_column(
@@ -123,17 +121,18 @@ def add_labels(
         temp = folder / f".{stored.name}.tmp"
         pq.write_table(rows, temp)
         os.replace(temp, stored)
-    return Feedback(
-        version.name, table.num_rows, rows.num_rows, table.num_rows - matched_labels, stored
-    )
+    return Feedback(version.name, table.num_rows, rows.num_rows, unmatched, stored)
 
 
 def _now_us() -> int:
     return int(datetime.now(UTC).timestamp() * 1e6)
 
 
-def _join(table: pa.Table, log: pa.Table, key: str | None, where: str) -> pa.Table:
-    """The labels file's rows, each with the (request id, row) of the predictions it labels."""
+def _sides(
+    table: pa.Table, true: pa.Array, log: pa.Table, key: str | None, where: str
+) -> tuple[pa.Table, pa.Table, list[str]]:
+    """The labels (join keys + :data:`TRUE`), the logged predictions (join keys + request id
+    and row), and the join keys: (request id, row), or ``key``."""
     if key is None:
         if "request_id" not in table.column_names:
             raise DataError(
@@ -141,18 +140,18 @@ def _join(table: pa.Table, log: pa.Table, key: str | None, where: str) -> pa.Tab
                 "answered with (and 'row' for requests of several rows), or join by an input "
                 "column with --key COLUMN"
             )
-        ids = pc.cast(table.column("request_id"), pa.string())
         rows = (
             pc.cast(table.column("row"), pa.int64())
             if "row" in table.column_names
             else pa.array(np.zeros(table.num_rows, dtype=np.int64))
         )
-        left = table.drop_columns([c for c in ("request_id", "row") if c in table.column_names])
-        left = left.append_column(REQUEST_ID, ids).append_column(ROW, rows)
+        left = pa.table(
+            {REQUEST_ID: pc.cast(table.column("request_id"), pa.string()), ROW: rows, TRUE: true}
+        )
         right = log.select([REQUEST_ID, ROW]).cast(
             pa.schema([(REQUEST_ID, pa.string()), (ROW, pa.int64())])
         )
-        return left.join(right, [REQUEST_ID, ROW], join_type="inner")
+        return left, right, [REQUEST_ID, ROW]
     if key not in table.column_names:
         raise DataError(f"{where} has no column '{key}' to join on (--key)")
     if key not in log.column_names:
@@ -160,28 +159,8 @@ def _join(table: pa.Table, log: pa.Table, key: str | None, where: str) -> pa.Tab
             f"the prediction log has no column '{key}': --key must be an input column of the model"
         )
     right = log.select([key, REQUEST_ID, ROW])
-    left = table.cast(
-        table.schema.set(
-            table.schema.get_field_index(key), pa.field(key, right.schema.field(key).type)
-        )
-    )
-    return left.join(right, [key], join_type="inner")
-
-
-def _unmatched(table: pa.Table, log: pa.Table, key: str | None) -> int:
-    """Labels that match no logged prediction."""
-    if key is None:
-        ids = pc.cast(table.column("request_id"), pa.string())
-        rows = (
-            table.column("row").to_pylist() if "row" in table.column_names else [0] * table.num_rows
-        )
-        logged = set(
-            zip(log.column(REQUEST_ID).to_pylist(), log.column(ROW).to_pylist(), strict=True)
-        )
-        return sum((i, r) not in logged for i, r in zip(ids.to_pylist(), rows, strict=True))
-    logged_keys = pc.unique(log.column(key))
-    values = pc.cast(table.column(key), logged_keys.type)
-    return int(pc.sum(pc.invert(pc.is_in(values, logged_keys))).as_py() or 0)
+    left = pa.table({key: pc.cast(table.column(key), right.schema.field(key).type), TRUE: true})
+    return left, right, [key]
 
 
 def read_labels(model: str, settings: Settings | None = None) -> pa.Table | None:
@@ -191,16 +170,12 @@ def read_labels(model: str, settings: Settings | None = None) -> pa.Table | None
     if not files:
         return None
     table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    # the latest label of each (request id, row): the first of its group in arrival order,
+    # newest first
     table = table.sort_by([(ARRIVED, "descending")])
-    seen = set()
-    keep = []
-    for i, pair in enumerate(
-        zip(table.column(REQUEST_ID).to_pylist(), table.column(ROW).to_pylist(), strict=True)
-    ):
-        if pair not in seen:
-            seen.add(pair)
-            keep.append(i)
-    return table.take(pa.array(keep, pa.int64()))
+    table = table.append_column("__i", pa.array(np.arange(table.num_rows)))
+    first = table.group_by([REQUEST_ID, ROW]).aggregate([("__i", "min")]).column("__i_min")
+    return table.take(first).drop_columns(["__i"])
 
 
 def labelled(log: pa.Table, model: str, settings: Settings | None = None) -> pa.Table | None:

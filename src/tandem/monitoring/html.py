@@ -22,7 +22,7 @@ from tandem.data.profile import OTHER
 from tandem.data.schema import MISSING_CATEGORY
 from tandem.errors import UsageError
 from tandem.ledger import html as ledger_html
-from tandem.ledger.html import _nice_max
+from tandem.ledger.html import _nice_max, svg_open
 from tandem.monitoring.drift import THRESHOLDS, ColumnDrift, DatasetDrift
 
 __all__ = ["render_html", "write_html"]
@@ -104,11 +104,7 @@ def _bar_chart(title: str, labels: Sequence[str], shares: Mapping[str, np.ndarra
     def y(v: float) -> float:
         return _PAD_T + ih * (1 - v / top)
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" role="img" '
-        f'aria-label="{_e(title)}" width="{_W}" height="{_H}">',
-        f"<title>{_e(title)}</title>",
-    ]
+    parts = [svg_open(title, _W, _H)]
     for i in range(6):  # grid and y labels: fifths of a _nice_max are round numbers
         v = top * i / 5
         parts.append(f'<line x1="{_PAD_L}" x2="{_PAD_L + iw}" y1="{y(v):.1f}" y2="{y(v):.1f}" '

@@ -32,18 +32,24 @@ import pyarrow.compute as pc
 
 from tandem.bundle.manifest import REFERENCE_SAMPLE
 from tandem.bundle.store import Bundle, load_bundle
-from tandem.data.profile import output_columns
 from tandem.data.readers import read_table
 from tandem.data.schema import coerce_column
 from tandem.errors import BundleError, DataError
 from tandem.monitoring.drift import DatasetDrift, drift
 from tandem.monitoring.feedback import TRUE, labelled
 from tandem.monitoring.performance import Window, decay, windows
-from tandem.monitoring.predictions import OUTPUT_PREFIX, TIME, VERSION, read_log, since_ago
+from tandem.monitoring.predictions import (
+    TIME,
+    VERSION,
+    logged_outputs,
+    output_columns,
+    read_log,
+    since_ago,
+)
 from tandem.monitoring.sample import DomainDrift, domain_classifier, ks_tests, sample_from_table
 from tandem.registry import Registry
 
-__all__ = ["MonitorReport", "Performance", "check", "check_file"]
+__all__ = ["MonitorReport", "Performance", "check"]
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,7 @@ def check(
         source = f"prediction log, last {_duration_text(since)} ({version.name})"
         _need_inputs(table, manifest.inputs, source)
         mine = pc.equal(table.column(VERSION), version.version)
-        outputs = _logged_outputs(table.filter(mine))
+        outputs = logged_outputs(table.filter(mine), manifest.classes)
         if not outputs:
             notes.append(f"no predictions of {version.ref} in the window: no prediction drift")
         truth = labelled(table.filter(mine), version.name, registry.settings)
@@ -142,13 +148,6 @@ def check(
     return MonitorReport(
         version.ref, source, table.num_rows, result, domain, performance, notes, compared, columns
     )
-
-
-def check_file(
-    registry: Registry, ref: str, current: str | Path, *, q: float = 0.05
-) -> MonitorReport:
-    """:func:`check` of the rows in one file."""
-    return check(registry, ref, current=current, q=q)
 
 
 def _need_inputs(table: pa.Table, inputs: Any, source: str) -> None:
@@ -170,16 +169,6 @@ def _run_model(bundle: Bundle, table: pa.Table) -> dict[str, np.ndarray]:
     m = bundle.manifest
     raw = predictor.forward(predictor.encode(predictor.preprocess(table)))
     return output_columns(m.task, m.classes, raw if m.task == "classification" else raw[:, 0])
-
-
-def _logged_outputs(table: pa.Table) -> dict[str, np.ndarray]:
-    """The logged outputs (``__label``, ``__proba_<class>``, ``__prediction``)."""
-    return {
-        name: table.column(name).to_numpy(zero_copy_only=False)
-        for name in table.column_names
-        if table.num_rows
-        and (name in ("__label", "__prediction") or name.startswith(OUTPUT_PREFIX + "proba_"))
-    }
 
 
 def _truth(table: pa.Table, target: str, outputs: dict[str, np.ndarray]) -> pa.Table | None:
@@ -254,15 +243,18 @@ def _performance(
     proba = None
     if task == "classification" and len(manifest.classes) == 2:
         proba = truth.column(f"__proba_{manifest.classes[1]}").to_numpy(zero_copy_only=False)
-    found = windows(
-        times, y, predicted, task=task, every=window if timed else timedelta(days=36500),
-        proba=proba, classes=[str(c) for c in manifest.classes] if proba is not None else None,
-    )  # fmt: skip
-    if not found:
+    classes = [str(c) for c in manifest.classes] if proba is not None else None
+    # one window as wide as a century: the metrics over every labelled row
+    overall = windows(times, y, predicted, task=task, every=timedelta(days=36500), proba=proba,
+                      classes=classes)  # fmt: skip
+    if not overall:
         notes.append("the labels match no prediction in the window: no realized performance")
         return None
-    overall = windows(times, y, predicted, task=task, every=timedelta(days=36500), proba=proba,
-                      classes=[str(c) for c in manifest.classes] if proba is not None else None)  # fmt: skip
+    found = (
+        windows(times, y, predicted, task=task, every=window, proba=proba, classes=classes)
+        if timed
+        else []
+    )
     fired = decay(times, y, predicted, task=task)
     alarm = None
     if fired is not None:
@@ -272,9 +264,8 @@ def _performance(
             else f"row {int((fired - times[0]).astype(int))}"
         )
     return Performance(
-        sum(w.rows for w in found), overall[0].metrics,
-        dict(manifest.details.get("metrics", {}).get("test", {})),
-        found if timed else [], alarm,
+        overall[0].rows, overall[0].metrics,
+        dict(manifest.details.get("metrics", {}).get("test", {})), found, alarm,
     )  # fmt: skip
 
 

@@ -53,6 +53,7 @@ from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT, split_kinds
 from tandem.config import Settings
 from tandem.data.schema import ColumnSpec, coerce_column
 from tandem.errors import ConfigError, DataError
+from tandem.inference.predictor import prediction_columns
 
 __all__ = [
     "OUTPUT_PREFIX",
@@ -63,6 +64,8 @@ __all__ = [
     "batch_rows",
     "compact_log",
     "log_folder",
+    "logged_outputs",
+    "output_columns",
     "read_log",
     "since_ago",
 ]
@@ -208,41 +211,42 @@ class PredictionLog:
         """One served request's rows: ``feed`` as given to the graph, ``outputs`` decoded.
         Costs an append; the caller has decided :meth:`sampled`."""
         with self._lock:
-            if self._queued + n > self.options.max_queued_rows:
-                self.dropped_rows += n
-                return
-            p = self._pending.get(layout) or self._new(layout)
-            p.ids.append(request_id)
-            p.counts.append(n)
-            p.times.append(time.time())
-            p.feeds.append(feed)
-            p.outputs.append(outputs)
-            p.rows += n
-            self._queued += n
-            full = self._queued >= self.options.flush_rows
-        if full:
-            self._wake.set()
+            p = self._room(layout, n)
+            if p is not None:
+                p.ids.append(request_id)
+                p.counts.append(n)
+                p.times.append(time.time())
+                p.feeds.append(feed)
+                p.outputs.append(outputs)
+        self._wake_if_full()
 
     def add_table(self, layout: Layout, table: pa.Table) -> None:
         """Rows already laid out as a log table (see :func:`batch_rows`)."""
-        n = table.num_rows
-        if not n:
+        if not table.num_rows:
             return
         with self._lock:
-            if self._queued + n > self.options.max_queued_rows:
-                self.dropped_rows += n
-                return
-            p = self._pending.get(layout) or self._new(layout)
-            p.tables.append(table)
-            p.rows += n
-            self._queued += n
-            full = self._queued >= self.options.flush_rows
-        if full:
-            self._wake.set()
+            p = self._room(layout, table.num_rows)
+            if p is not None:
+                p.tables.append(table)
+        self._wake_if_full()
 
-    def _new(self, layout: Layout) -> _Pending:
-        p = self._pending[layout] = _Pending(layout, [], [], [], [], [], [])
+    def _room(self, layout: Layout, n: int) -> _Pending | None:
+        """Where ``n`` more rows of ``layout`` go, counted as waiting; None when they would
+        pass :attr:`LogOptions.max_queued_rows` (then they are counted as dropped). Called
+        under the lock."""
+        if self._queued + n > self.options.max_queued_rows:
+            self.dropped_rows += n
+            return None
+        p = self._pending.get(layout)
+        if p is None:
+            p = self._pending[layout] = _Pending(layout, [], [], [], [], [], [])
+        p.rows += n
+        self._queued += n
         return p
+
+    def _wake_if_full(self) -> None:
+        if self._queued >= self.options.flush_rows:
+            self._wake.set()
 
     def flush(self) -> None:
         """Write what waits now (the writer thread does this on its own)."""
@@ -331,6 +335,29 @@ def _served_table(p: _Pending, source: str) -> pa.Table:
     return pa.table(columns)
 
 
+def output_columns(
+    task: str, classes: Sequence[Any], predicted: np.ndarray
+) -> dict[str, np.ndarray]:
+    """A model's outputs as the log names them (:data:`OUTPUT_PREFIX` + the Predictor's
+    output columns), from probabilities (n, k) or values (n,); the label as text."""
+    names = [OUTPUT_PREFIX + c for c in prediction_columns(classes)]
+    if task == "regression":
+        return {names[0]: np.asarray(predicted, dtype=float).reshape(-1)}
+    labels = np.asarray([str(c) for c in classes], dtype=object)[np.argmax(predicted, axis=1)]
+    probabilities = (np.asarray(predicted[:, i], dtype=float) for i in range(len(classes)))
+    return dict(zip(names, [labels, *probabilities], strict=True))
+
+
+def logged_outputs(table: pa.Table, classes: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The output columns of logged rows (of one version, whose ``classes`` name them)."""
+    names = [OUTPUT_PREFIX + c for c in prediction_columns(classes)]
+    if not table.num_rows:
+        return {}
+    return {
+        n: table.column(n).to_numpy(zero_copy_only=False) for n in names if n in table.column_names
+    }
+
+
 def batch_rows(
     layout: Layout,
     specs: Sequence[ColumnSpec],
@@ -365,7 +392,9 @@ def compact_log(model: str, settings: Settings | None = None) -> int:
     """Compact every day of ``model``'s log into Parquet (see the module docstring); returns
     the hot files compacted. Readers do this on their own."""
     root = log_folder(model, settings)
-    return sum(_compact(folder) for folder in sorted(root.glob("date=*"))) if root.is_dir() else 0
+    return (
+        sum(_compact(folder)[0] for folder in sorted(root.glob("date=*"))) if root.is_dir() else 0
+    )
 
 
 def _held(folder: Path) -> set[str]:
@@ -378,18 +407,19 @@ def _held(folder: Path) -> set[str]:
     return held
 
 
-def _compact(folder: Path) -> int:
-    """One day's hot files into one Parquet file; 0 when another process is at it, or the
-    folder cannot be written (then readers read the hot files)."""
+def _compact(folder: Path) -> tuple[int, set[str]]:
+    """One day's hot files into one Parquet file: how many, and the hot files the day's
+    Parquet files hold now (readers skip those). Nothing is compacted when another process is
+    at it, or the folder cannot be written; then readers read the hot files."""
     try:
         lock = open(folder / ".compact.lock", "a")  # noqa: SIM115 - held until the end
     except OSError:
-        return 0
+        return 0, _held(folder)
     with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            return 0
+            return 0, _held(folder)
         held = _held(folder)
         hot = sorted(folder.glob(f"*{HOT_SUFFIX}"))
         for f in hot:
@@ -397,9 +427,10 @@ def _compact(folder: Path) -> int:
                 f.unlink(missing_ok=True)
         fresh = [f for f in hot if f.name not in held]
         if not fresh:
-            return 0
+            return 0, held
         table = pa.concat_tables([_read_hot(f) for f in fresh], promote_options="permissive")
-        table = table.replace_schema_metadata({_SOURCES: json.dumps([f.name for f in fresh])})
+        names = [f.name for f in fresh]
+        table = table.replace_schema_metadata({_SOURCES: json.dumps(names)})
         target = folder / f"compacted-{uuid.uuid4().hex[:12]}.parquet"
         temp = folder / f".{target.name}.tmp"
         strings = [n for n, t in zip(table.column_names, table.schema.types, strict=True)
@@ -409,7 +440,7 @@ def _compact(folder: Path) -> int:
         os.replace(temp, target)
         for f in fresh:
             f.unlink(missing_ok=True)
-        return len(fresh)
+        return len(fresh), held | set(names)
 
 
 def _read_hot(path: Path) -> pa.Table:
@@ -445,8 +476,7 @@ def read_log(
             continue
         if first_day is not None and day < first_day:
             continue
-        _compact(folder)
-        held = _held(folder)
+        _, held = _compact(folder)
         tables += [pq.read_table(f) for f in sorted(folder.glob("*.parquet"))]
         tables += [
             _read_hot(f) for f in sorted(folder.glob(f"*{HOT_SUFFIX}")) if f.name not in held

@@ -124,13 +124,11 @@ def _difference_fn(
     return lambda idx: r2(challenger, idx) - r2(champion, idx)
 
 
-def _scores(version: ModelVersion, holdout: pa.Table, task: str) -> np.ndarray:
+def _scores(registry: Registry, version: ModelVersion, holdout: pa.Table, task: str) -> np.ndarray:
     """Predicted labels (classification) or values, from the frozen Bundle."""
-    from tandem.bundle import load_bundle
-    from tandem.inference.predictor import Predictor
+    from tandem.inference import load
 
-    predictor = Predictor(load_bundle(version.path, expected_digest=version.digest))
-    predicted = predictor.predict(holdout)
+    predicted = load(version.ref, registry=registry).predict(holdout)
     column = "label" if task == "classification" else "prediction"
     return np.asarray(
         predicted.column(column).to_pylist(), dtype=object if task == "classification" else float
@@ -138,15 +136,13 @@ def _scores(version: ModelVersion, holdout: pa.Table, task: str) -> np.ndarray:
 
 
 def _metrics(task: str, y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Accuracy of predicted labels (the two models may know different classes, so labels,
+    not probabilities, are compared); training's metrics of a regression."""
     if task == "classification":
         return {"accuracy": float(np.mean(predicted == y))}
-    err = predicted - y
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    return {
-        "r2": float(1 - (err**2).sum() / ss_tot) if ss_tot else float("nan"),
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "mae": float(np.mean(np.abs(err))),
-    }
+    from tandem.training.metrics import score
+
+    return score("regression", y, predicted)
 
 
 def _fresh(data: Sequence[str | Path] | pa.Table) -> tuple[pa.Table, list[str]]:
@@ -255,8 +251,8 @@ def retrain(
         )
     else:
         y = np.asarray(recent.column(target).to_pylist(), dtype=float)
-    old_pred = _scores(champion, recent, task)
-    new_pred = _scores(challenger, recent, task)
+    old_pred = _scores(registry, champion, recent, task)
+    new_pred = _scores(registry, challenger, recent, task)
     metric = "accuracy" if task == "classification" else "r2"
     old_m, new_m = _metrics(task, y, old_pred), _metrics(task, y, new_pred)
     difference = new_m[metric] - old_m[metric]

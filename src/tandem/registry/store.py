@@ -549,15 +549,7 @@ class Registry:
             )
         with self._tx() as conn:
             rows = conn.execute(query.order_by(_decisions.c.id)).mappings().all()
-        return [
-            Decision(
-                **(
-                    dict(r)
-                    | {"decided_at": _utc(r["decided_at"]), "evidence": json.loads(r["evidence"])}
-                )
-            )
-            for r in rows
-        ]
+        return [Decision(**_decoded(r, "decided_at", "evidence")) for r in rows]
 
     def record_run(self, name: str, version: int, record: RunRecord) -> Run:
         """Record one finished piece of work of ``name:version``."""
@@ -578,15 +570,7 @@ class Registry:
             query = query.where(_runs.c.phase == phase)
         with self._tx() as conn:
             rows = conn.execute(query.order_by(_runs.c.id)).mappings().all()
-        return [
-            Run(
-                **(
-                    dict(r)
-                    | {"finished_at": _utc(r["finished_at"]), "details": json.loads(r["details"])}
-                )
-            )
-            for r in rows
-        ]
+        return [Run(**_decoded(r, "finished_at", "details")) for r in rows]
 
     @contextlib.contextmanager
     def _tx(self, *, write: bool = False) -> Iterator[Connection]:
@@ -700,6 +684,11 @@ def _at(table: sa.Table, name: str, version: int | None = None) -> list[sa.Colum
     """WHERE terms selecting the rows of model ``name`` (and ``version``) in ``table``."""
     terms = [table.c.name == name]
     return terms if version is None else [*terms, table.c.version == version]
+
+
+def _decoded(row: Any, when: str, payload: str) -> dict[str, Any]:
+    """A stored row's fields, its time in UTC and its JSON column parsed."""
+    return dict(row) | {when: _utc(row[when]), payload: json.loads(row[payload])}
 
 
 def _insert_run(conn: Connection, name: str, version: int, record: RunRecord) -> Run:

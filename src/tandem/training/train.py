@@ -38,6 +38,7 @@ from tandem.ledger.meter import Meter, Profile
 from tandem.ledger.records import EpochLog, run_record
 from tandem.models import FAMILIES, Family
 from tandem.models.auto import Candidate, fit_candidates, rank_key
+from tandem.monitoring.predictions import output_columns
 from tandem.monitoring.sample import reference_sample, sample_to_table
 from tandem.registry import ModelVersion, Registry, VersionRecord, validate_name
 
@@ -314,7 +315,9 @@ def train(
         family = fitted[best.family]
         reference = profile_columns(pre.columns, parts["train"])
         sample = sample_to_table(pre.columns, reference_sample(pre.columns, parts["train"]))
-        reference_outputs = output_profile(prep.task, prep.classes, family.predict(X["validation"]))
+        reference_outputs = output_profile(
+            output_columns(prep.task, prep.classes, family.predict(X["validation"]))
+        )
     profile = meter.profile
     rows = {k: len(v) for k, v in ys.items()}
     details = {
