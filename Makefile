@@ -39,7 +39,12 @@ $(EVIDENTLY):
 	$(PYTHON) -m venv .venv-evidently
 	.venv-evidently/bin/pip install --quiet 'evidently==0.7.23' 'pandas<3' pyarrow
 
-bench: $(VENV)/.installed-dev $(EVIDENTLY)
+# PyTorch Lightning, a baseline of the training benchmark (torch is already pinned in .venv)
+$(VENV)/.installed-bench: $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet 'lightning>=2.5,<3'
+	touch $@
+
+bench: $(VENV)/.installed-bench $(EVIDENTLY)
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_quality.py
 	$(BIN)/python benchmarks/bench_graph_inputs.py
@@ -49,6 +54,7 @@ bench: $(VENV)/.installed-dev $(EVIDENTLY)
 	$(BIN)/python benchmarks/bench_advise.py
 	$(BIN)/python benchmarks/bench_predlog.py
 	TANDEM_EVIDENTLY_PYTHON=$(EVIDENTLY) $(BIN)/python benchmarks/bench_drift.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) .venv-evidently .tandem .pytest_cache .mypy_cache .ruff_cache

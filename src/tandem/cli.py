@@ -136,14 +136,44 @@ def train(
     param: Annotated[
         list[str] | None,
         typer.Option(
-            help="A setting of the chosen family, KEY=VALUE (repeatable), e.g. hidden=256."
+            help="A setting of the chosen family, KEY=VALUE (repeatable), e.g. hidden=256, "
+            "schedule=one-cycle, clip_norm=1, monitor=roc_auc."
         ),
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="mlp: fp32, bf16 (CPU or GPU) or fp16 (GPU, gradient scaling).")
+    ] = "fp32",
+    device: Annotated[str, typer.Option(help="mlp: auto (a GPU if any), cpu or cuda.")] = "auto",
+    engine: Annotated[
+        str, typer.Option(help="mlp: local (one process) or ray (Ray Train, data parallel).")
+    ] = "local",
+    workers: Annotated[int, typer.Option(help="Data-parallel workers with --engine ray.")] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A Ray cluster to join (default: a local instance).")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="mlp: save the loop's state every N optimizer steps.")
+    ] = None,
+    checkpoint_seconds: Annotated[
+        float, typer.Option(help="mlp: save the loop's state every S seconds (0: not by time).")
+    ] = 60.0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run of the same data and recipe.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model on DATA, freeze it into a Bundle and register it as a new version."""
+    from tandem.training.loop import TorchOptions
+    from tandem.training.train import CheckpointOptions
     from tandem.training.train import train as run_train
 
+    options = TorchOptions(
+        device=cast(Any, device), precision=cast(Any, precision), engine=cast(Any, engine),
+        workers=workers, ray_address=ray_address,
+    )  # fmt: skip
+    saving = CheckpointOptions(
+        every_steps=checkpoint_every, every_s=checkpoint_seconds or None, resume=resume
+    )
     with _progress(not as_json) as update:
         result = run_train(
             data,
@@ -156,6 +186,8 @@ def train(
             ignore=ignore or (),
             params=_key_values(param or [], "--param"),
             on_progress=update,
+            torch=options,
+            checkpoints=saving,
         )
     if as_json:
         _print_json(
@@ -292,6 +324,47 @@ def models_show(
         ),
     )
     out.print(table)
+
+
+@models_app.command("curves")
+def models_curves(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+    family: Annotated[
+        str | None, typer.Option(help="A candidate other than the chosen one (auto runs).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-epoch loss and validation-metric curves of a version's training run."""
+    with Registry() as reg:
+        version = reg.get(ref)
+        runs = reg.runs(version.name, version.version, phase="train")
+    chosen = family or version.family
+    fits = [
+        f for run in runs for f in run.details.get("epochs", [])
+        if f.get("family") == chosen and f.get("stage") == "fit"
+    ]  # fmt: skip
+    if not fits:
+        raise UsageError(
+            f"{version.ref} has no per-epoch record of a '{chosen}' fit; "
+            f"its family is {version.family}"
+        )
+    fit = fits[-1]
+    series = [k for k in fit if k not in ("family", "stage")]
+    if as_json:
+        _print_json({"model": version.ref, "family": chosen, **{k: fit[k] for k in series}})
+        return
+    table = Table(title=f"{version.ref}: {chosen}, {len(fit['epoch'])} epochs")
+    widths = [max(len(key), 9) for key in series]
+    for key, width in zip(series, widths, strict=True):
+        table.add_column(key, justify="right", min_width=width, no_wrap=True)
+    for i in range(len(fit["epoch"])):
+        table.add_row(*(_cell(fit[k][i]) if i < len(fit[k]) else "-" for k in series))
+    # every column whole: a narrow terminal wraps the lines rather than hide figures
+    out.print(table, width=max(out.width, sum(w + 3 for w in widths) + 1), crop=False)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _name_version(ref: str) -> tuple[str, int]:

@@ -12,7 +12,6 @@ import pytest
 
 from tandem.bundle.graph import GraphBuilder
 from tandem.models import FAMILIES, GBDT, FitContext
-from tandem.training.loop import LoopConfig
 
 
 def _data(task: str, n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +40,7 @@ CASES = [("classification", 2), ("classification", 3), ("regression", 1)]
 @pytest.mark.parametrize(("task", "n_classes"), CASES)
 def test_family_contract_and_onnx_parity(name: str, task: str, n_classes: int) -> None:
     X, y = _data(task, n_classes)
-    kwargs = {"config": LoopConfig(max_epochs=30)} if name == "mlp" else {}
+    kwargs = {"max_epochs": 30} if name == "mlp" else {}
     family = FAMILIES[name](**kwargs)  # type: ignore[call-arg]
     assert not [a for a in vars(family) if a.endswith("_")], "nothing is learned in __init__"
     ctx = FitContext(task=task, n_classes=n_classes, seed=0, deadline=time.monotonic() + 60)  # type: ignore[arg-type]

@@ -65,6 +65,9 @@ class EpochLog:
 
         def on_epoch(epoch: int, losses: dict[str, float]) -> None:
             wall, cpu = self.meter.lap()
+            if "wall_s" in losses:  # timed where it ran (a Ray worker), not by this process
+                losses = dict(losses)
+                wall = losses.pop("wall_s")
             entry["epoch"].append(epoch)
             entry["wall_s"].append(round(wall, 6))
             entry["cpu_s"].append(round(cpu, 6))

@@ -22,6 +22,8 @@ from tandem.data.schema import Task
 from tandem.data.split import kfold_indices
 from tandem.errors import TandemError, TrainingError
 from tandem.models import FAMILIES, Family, FitContext
+from tandem.training.checkpoint import Checkpointer
+from tandem.training.loop import TorchOptions
 from tandem.training.metrics import PRIMARY, score
 
 __all__ = ["CV_FOLDS", "CV_MAX_ROWS", "Candidate", "OnFit", "fit_candidates", "rank_key"]
@@ -109,6 +111,8 @@ def fit_candidates(
     on_start: Callable[[int, str], None],
     params: Mapping[str, Mapping[str, Any]] | None = None,
     on_fit: OnFit | None = None,
+    torch: TorchOptions | None = None,
+    checkpoint: Callable[[str], Checkpointer | None] | None = None,
 ) -> tuple[list[Candidate], dict[str, Family]]:
     """Fit each named family; returns the leaderboard (in ``names`` order) and the fitted models.
 
@@ -119,6 +123,9 @@ def fit_candidates(
         on_start: called with (index, name) before each candidate.
         params: constructor arguments per family name (e.g. ``{"mlp": {"hidden": 256}}``).
         on_fit: told of each fit (final and cross-validation folds) as it starts.
+        torch: device, precision and engine of torch families (cross-validation folds run
+            in process, on the same device and precision).
+        checkpoint: the checkpointer of a family's final fit, by family name.
     """
     started = time.monotonic()
     end = math.inf if time_budget is None else started + time_budget
@@ -138,8 +145,14 @@ def fit_candidates(
             if use_cv and math.isfinite(deadline)
             else deadline
         )
-        cv_ctx = FitContext(task=task, n_classes=n_classes, seed=seed, deadline=deadline)
-        ctx = replace(cv_ctx, deadline=final_deadline)
+        in_process = torch and replace(torch, engine="local", workers=1, ray_address=None)
+        cv_ctx = FitContext(
+            task=task, n_classes=n_classes, seed=seed, deadline=deadline, torch=in_process
+        )
+        ctx = replace(
+            cv_ctx, deadline=final_deadline, torch=torch,
+            checkpoint=checkpoint(name) if checkpoint else None,
+        )  # fmt: skip
         try:
             kwargs = (params or {}).get(name, {})
             fit_ctx = replace(ctx, on_epoch=on_fit(name, "fit") if on_fit else None)

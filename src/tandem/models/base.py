@@ -12,16 +12,21 @@ shape (n_rows, n_classes); for regression ``y`` is float64 and ``predict`` retur
 
 from __future__ import annotations
 
+import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from tandem.bundle.graph import GraphBuilder
 from tandem.data.schema import Task
+
+if TYPE_CHECKING:
+    from tandem.training.checkpoint import Checkpointer
+    from tandem.training.loop import TorchOptions
 
 __all__ = ["Family", "FitContext", "probabilities_head"]
 
@@ -38,6 +43,10 @@ class FitContext:
     #: told of each finished epoch (a pass over the data: an epoch, a boosting round, a fit
     #: of a grid point) with its number from 1 and its losses, for the cost ledger
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    #: device, precision and engine of a torch family (None: CPU, fp32, in process)
+    torch: TorchOptions | None = None
+    #: where a loop saves its state and whether it resumes (final fits only, not CV folds)
+    checkpoint: Checkpointer | None = None
 
     def epoch_done(self, epoch: int, **losses: float) -> None:
         if self.on_epoch is not None:
@@ -52,6 +61,15 @@ class Family(ABC):
     """Base of the model families; see the module docstring for the contract."""
 
     name: ClassVar[str]
+
+    @classmethod
+    def settings(cls) -> list[str]:
+        """The keywords the constructor takes (what ``--param`` may set)."""
+        return [
+            p.name
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
 
     @abstractmethod
     def fit(

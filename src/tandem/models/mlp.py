@@ -4,8 +4,10 @@ exported with ``torch.onnx``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,8 +16,10 @@ import torch
 from torch import nn
 
 from tandem.bundle.graph import OPSET, GraphBuilder
+from tandem.errors import ConfigError
 from tandem.models.base import Family, FitContext
-from tandem.training.loop import LoopConfig, fit_torch
+from tandem.training.loop import LoopConfig, TorchOptions, fit_torch, resolve_hardware
+from tandem.training.metrics import metric_names, score
 
 __all__ = ["MLP"]
 
@@ -40,20 +44,33 @@ class _Scored(nn.Module):
 
 
 class MLP(Family):
-    """Two hidden ReLU layers; regression targets are standardised for training."""
+    """Two hidden ReLU layers; regression targets are standardised for training.
+
+    Besides ``hidden`` and ``dropout`` it takes the loop's hyperparameters as keywords
+    (``max_epochs``, ``batch_size``, ``lr``, ``schedule``, ``clip_norm``, ``monitor``, ...:
+    see :class:`~tandem.training.loop.LoopConfig`)."""
 
     name = "mlp"
 
-    def __init__(
-        self, *, hidden: int = 128, dropout: float = 0.1, config: LoopConfig | None = None
-    ) -> None:
+    def __init__(self, *, hidden: int = 128, dropout: float = 0.1, **loop: Any) -> None:
         self.hidden = hidden
         self.dropout = dropout
-        self.config = config or LoopConfig()
+        self.config = LoopConfig(**loop)
+
+    @classmethod
+    def settings(cls) -> list[str]:
+        return ["hidden", "dropout", *LoopConfig.__dataclass_fields__]
 
     def fit(
         self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, ctx: FitContext
     ) -> MLP:
+        monitors = ["val_loss", *metric_names(ctx.task, ctx.n_classes)]
+        if self.config.monitor not in monitors:
+            raise ConfigError(
+                f"cannot monitor '{self.config.monitor}' for {ctx.task}: choose {', '.join(monitors)}"
+            )
+        options = ctx.torch or TorchOptions()
+        hardware = resolve_hardware(options) if options.engine == "local" else None
         torch.manual_seed(ctx.seed)
         outputs = ctx.n_classes if ctx.task == "classification" else 1
         net = nn.Sequential(
@@ -76,15 +93,22 @@ class MLP(Family):
                 ((y - mean) / std).astype(np.float32),
                 ((y_val - mean) / std).astype(np.float32),
             )
-        self.history_ = fit_torch(
-            net,
-            loss,
-            (X, targets[0], X_val, targets[1]),
-            config=self.config,
-            seed=ctx.seed,
-            deadline=ctx.deadline,
-            on_epoch=ctx.epoch_done,
-        )
+        evaluate = _evaluator(ctx.task, y_val, mean, std)
+        data = (X, targets[0], X_val, targets[1])
+        if options.engine == "ray":
+            from tandem.training.distributed import fit_ray
+
+            self.history_ = fit_ray(
+                net, loss, data, config=self.config, seed=ctx.seed, deadline=ctx.deadline,
+                on_epoch=ctx.epoch_done, evaluate=evaluate, options=options,
+            )  # fmt: skip
+        else:
+            self.history_ = fit_torch(
+                net, loss, data, config=self.config, seed=ctx.seed, deadline=ctx.deadline,
+                on_epoch=ctx.epoch_done, evaluate=evaluate, hardware=hardware,
+                checkpoint=ctx.checkpoint,
+            )  # fmt: skip
+        net.cpu()
         self.scored_ = _Scored(net, ctx.task, mean, std).eval()
         self.task_ = ctx.task
         self.n_features_ = X.shape[1]
@@ -110,10 +134,28 @@ class MLP(Family):
         return out
 
     def describe(self) -> dict[str, Any]:
+        values = [h.value(self.config.monitor) for h in self.history_]
+        best = np.argmin(values) if self.config.lower_is_better else np.argmax(values)
         return {
             "hidden": [self.hidden, self.hidden],
             "dropout": self.dropout,
+            "loop": dataclasses.asdict(self.config),
             "epochs": len(self.history_),
-            "best_epoch": int(np.argmin([h.val_loss for h in self.history_])) + 1,
+            "best_epoch": int(best) + 1,
             "history": [h.to_json() for h in self.history_],
         }
+
+
+def _evaluator(
+    task: str, y_val: np.ndarray, mean: float, std: float
+) -> Callable[[np.ndarray], dict[str, float]]:
+    """The validation metrics of the network's raw outputs (logits, or standardised values)."""
+
+    def evaluate(outputs: np.ndarray) -> dict[str, float]:
+        if task == "classification":
+            z = outputs.astype(np.float64)
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            return score("classification", y_val, z / z.sum(axis=1, keepdims=True))
+        return score("regression", y_val, outputs[:, 0].astype(np.float64) * std + mean)
+
+    return evaluate

@@ -7,10 +7,17 @@ from sklearn import metrics as skm
 
 from tandem.data.schema import Task
 
-__all__ = ["PRIMARY", "score"]
+__all__ = ["PRIMARY", "metric_names", "score"]
 
 #: the metric that ranks candidates (higher is better for both)
 PRIMARY: dict[Task, str] = {"classification": "accuracy", "regression": "r2"}
+
+
+def metric_names(task: Task, n_classes: int = 0) -> list[str]:
+    """The names :func:`score` gives for ``task`` (``roc_auc`` only for two classes)."""
+    if task == "regression":
+        return ["r2", "rmse", "mae"]
+    return ["accuracy", "log_loss", "f1_macro", *(["roc_auc"] if n_classes == 2 else [])]
 
 
 def score(task: Task, y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
+import json
 import logging
+import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from tandem.bundle import Manifest, write_bundle
 from tandem.bundle.graph import GraphBuilder
 from tandem.bundle.manifest import REFERENCE_SAMPLE, graph_feed, split_kinds
+from tandem.config import Settings
 from tandem.data.profile import output_profile, profile_columns
 from tandem.data.readers import check_unique_columns, read_table
 from tandem.data.schema import ColumnSpec, Task, coerce_column, infer_columns, infer_task
@@ -41,8 +43,19 @@ from tandem.models.auto import Candidate, fit_candidates, rank_key
 from tandem.monitoring.predictions import output_columns
 from tandem.monitoring.sample import reference_sample, sample_to_table
 from tandem.registry import ModelVersion, Registry, VersionRecord, validate_name
+from tandem.training.checkpoint import FILE as CHECKPOINT_FILE
+from tandem.training.checkpoint import Checkpointer
+from tandem.training.loop import TorchOptions, resolve_hardware
 
-__all__ = ["PARITY_TOLERANCE", "Candidate", "Pipeline", "ProgressEvent", "TrainResult", "train"]
+__all__ = [
+    "PARITY_TOLERANCE",
+    "Candidate",
+    "CheckpointOptions",
+    "Pipeline",
+    "ProgressEvent",
+    "TrainResult",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +267,8 @@ def train(
     on_progress: Callable[[ProgressEvent], None] | None = None,
     parent: int | None = None,
     description: str = "",
+    torch: TorchOptions | None = None,
+    checkpoints: CheckpointOptions | None = None,
 ) -> TrainResult:
     """Train, freeze and register a model.
 
@@ -272,6 +287,10 @@ def train(
         on_progress: called with a :class:`ProgressEvent` at each step.
         parent: the version this one was retrained from (lineage).
         description: a line kept with the version.
+        torch: device, precision and engine (``local`` or ``ray``) of the ``mlp`` family.
+        checkpoints: how often the ``mlp`` loop saves its state, and whether to resume from
+            what an interrupted run of the same data and recipe saved (see
+            :class:`CheckpointOptions`).
 
     Example:
         >>> result = train("weather.csv", target="rain", name="rain")  # doctest: +SKIP
@@ -289,6 +308,14 @@ def train(
         raise ConfigError(f"time budget must be a positive number of seconds; got {time_budget}")
     names: list[str] = list(FAMILIES) if model == "auto" else [model]
     family_params = _check_params(model, params)
+    saving = checkpoints or CheckpointOptions()
+    if torch is not None and torch.engine == "ray":
+        if saving.resume:
+            raise ConfigError(
+                "--resume works with the local engine; under --engine ray a run restarts whole"
+            )
+    elif torch is not None and "mlp" in names:
+        resolve_hardware(torch)  # refuse fp16 without a GPU before reading any data
     total = len(names) + 3
     with Meter() as meter:
         epochs = EpochLog(meter)
@@ -303,10 +330,16 @@ def train(
         ys = {k: prep.y[i] for k, i in rows_of.items()}
         pre = Preprocessor(prep.specs).fit(parts["train"])
         X = {k: pre.transform(v) for k, v in parts.items()}
+        recipe = {
+            "target": target, "task": prep.task, "model": model, "time_budget": time_budget,
+            "seed": seed, "ignore": list(ignore), "params": dict(params or {}),
+        }  # fmt: skip
+        run_folder = saving.folder_of(name, prep.fingerprint, recipe, torch)
         leaderboard, fitted = fit_candidates(
             names, X, ys, task=prep.task, n_classes=len(prep.classes), seed=seed, time_budget=time_budget,
             on_start=lambda i, fam: _notify(on_progress, ProgressEvent(i + 1, total, f"training {fam}")),
-            params=family_params, on_fit=epochs.fit,
+            params=family_params, on_fit=epochs.fit, torch=torch,
+            checkpoint=lambda fam: saving.checkpointer(run_folder / fam, run_folder.name),
         )  # fmt: skip
         _notify(on_progress, ProgressEvent(total - 2, total, "freezing and verifying"))
         leaderboard, best, graph, parity = _freeze_best(
@@ -335,15 +368,7 @@ def train(
         "preprocessing": pre.state(),
         "model": family.describe(),
         "training": {"profile": profile.to_json(), "parity_max_abs": parity},
-        "recipe": {
-            "target": target,
-            "task": prep.task,
-            "model": model,
-            "time_budget": time_budget,
-            "seed": seed,
-            "ignore": list(ignore),
-            "params": dict(params or {}),
-        },
+        "recipe": recipe,
     }
     manifest = Manifest(
         name=name, version=0, created_at=datetime.now(UTC).isoformat(timespec="seconds"), task=prep.task,
@@ -377,6 +402,9 @@ def train(
     _notify(on_progress, ProgressEvent(total - 1, total, "registering"))
     with contextlib.nullcontext(registry) if registry is not None else Registry() as reg:
         version = reg.register(name, write)
+    shutil.rmtree(run_folder, ignore_errors=True)  # registered: nothing left to resume
+    with contextlib.suppress(OSError):  # the model's folder, if no other run of it waits
+        run_folder.parent.rmdir()
     _notify(on_progress, ProgressEvent(total, total, f"registered {version.ref}"))
     return TrainResult(
         version,
@@ -391,6 +419,39 @@ def train(
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckpointOptions:
+    """Checkpoints of the torch loop during ``train``.
+
+    They are kept under ``$TANDEM_HOME/checkpoints/<name>/<run key>/<family>/``, where the run
+    key hashes the data fingerprint, the recipe and the torch options, so ``resume`` picks up
+    only the run that was interrupted, and are removed once the version is registered.
+    ``every_steps`` / ``every_s``: save after this many optimizer steps / seconds (either,
+    both, or neither, which turns checkpoints off)."""
+
+    every_steps: int | None = None
+    every_s: float | None = 60.0
+    resume: bool = False
+    root: Path | None = None
+
+    def folder_of(
+        self, name: str, data: str, recipe: Mapping[str, Any], torch: TorchOptions | None
+    ) -> Path:
+        key = json.dumps([data, recipe, asdict(torch or TorchOptions())], sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return (self.root or Settings.from_env().home / "checkpoints") / name / digest
+
+    def checkpointer(self, folder: Path, key: str) -> Checkpointer | None:
+        if self.every_steps is None and self.every_s is None and not self.resume:
+            return None
+        found = (folder / CHECKPOINT_FILE).exists()
+        if found and not self.resume:
+            log.warning(
+                "%s holds a checkpoint of this run; starting over (resume to continue)", folder
+            )
+        return Checkpointer(folder, self.every_steps, self.every_s, resume=self.resume, key=key)
+
+
 def _check_params(model: str, params: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """``params`` as {family: kwargs}, refused unless every key is a setting of that family."""
     if not params:
@@ -399,12 +460,12 @@ def _check_params(model: str, params: Mapping[str, Any] | None) -> dict[str, dic
         raise ConfigError(
             "params apply to one family: pass model='linear', 'gbdt' or 'mlp' with them"
         )
-    accepted = [
-        p.name
-        for p in inspect.signature(FAMILIES[model].__init__).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
+    accepted = FAMILIES[model].settings()
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ConfigError(f"{model} has no setting(s) {unknown}; it takes {accepted or 'none'}")
+    try:  # values are checked by the constructor: refuse them before reading any data
+        FAMILIES[model](**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{model}: {exc}") from exc
     return {model: dict(params)}
