@@ -354,13 +354,23 @@ def models_curves(
         _print_json({"model": version.ref, "family": chosen, **{k: fit[k] for k in series}})
         return
     table = Table(title=f"{version.ref}: {chosen}, {len(fit['epoch'])} epochs")
-    widths = [max(len(key), 9) for key in series]
-    for key, width in zip(series, widths, strict=True):
-        table.add_column(key, justify="right", min_width=width, no_wrap=True)
+    for key in series:
+        table.add_column(key, justify="right", min_width=max(9, len(key)))
     for i in range(len(fit["epoch"])):
         table.add_row(*(_cell(fit[k][i]) if i < len(fit[k]) else "-" for k in series))
-    # every column whole: a narrow terminal wraps the lines rather than hide figures
-    out.print(table, width=max(out.width, sum(w + 3 for w in widths) + 1), crop=False)
+    print_whole(table)
+
+
+def print_whole(table: Table) -> None:
+    """Print ``table`` at its natural width: a narrow terminal (or a pipe's 80 columns)
+    wraps its lines rather than squeeze, cut or hide figures."""
+    natural = out.measure(table, options=out.options.update(max_width=10_000)).maximum
+    width = out.width
+    out.width = max(width, natural)  # print(width=) cannot go past the console's own width
+    try:
+        out.print(table, crop=False)
+    finally:
+        out.width = width
 
 
 def _cell(value: Any) -> str:
@@ -915,8 +925,9 @@ def _render_loop(loop: Any) -> None:
     _render_retrain(loop.retrain)
 
 
-# the monitoring loop's commands live in their own module; importing it registers them
-from tandem import cli_monitoring  # noqa: E402, F401
+# the monitoring loop's and optimize's commands live in their own modules; importing them
+# registers them
+from tandem import cli_monitoring, cli_optimize  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

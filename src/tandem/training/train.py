@@ -54,6 +54,7 @@ __all__ = [
     "Pipeline",
     "ProgressEvent",
     "TrainResult",
+    "test_split",
     "train",
 ]
 
@@ -417,6 +418,39 @@ def train(
         Pipeline(pre, family),
         split,
     )
+
+
+def test_split(manifest: Manifest) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The test split a version was scored on, rebuilt from its recipe: the training data
+    file (if it is still there, unchanged) split again with the recorded seed.
+
+    Returns:
+        The input columns (coerced as in training) and the targets (class codes into
+        ``manifest.classes``, or values).
+
+    Raises:
+        DataError: the file is gone or changed since (its fingerprint differs).
+    """
+    source = manifest.details.get("data", {}).get("source", "")
+    recipe = manifest.details.get("recipe", {})
+    ref = f"{manifest.name}:{manifest.version}"
+    if not source or not Path(source).exists():
+        raise DataError(
+            f"the data {ref} was trained on ({source or 'not a file'}) is not here: "
+            "pass labeled rows with --data FILE"
+        )
+    prep = _prepare(read_table(source), manifest.target, manifest.task, recipe.get("ignore", ()))
+    if prep.fingerprint != manifest.details.get("data", {}).get("fingerprint"):
+        raise DataError(
+            f"{source} changed since {ref} was trained on it (its fingerprint differs): "
+            "pass labeled rows with --data FILE"
+        )
+    split = split_indices(
+        len(prep.y),
+        labels=prep.y if prep.task == "classification" else None,
+        seed=recipe.get("seed", 0),
+    )
+    return {c: v[split.test] for c, v in prep.columns.items()}, prep.y[split.test]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,220 @@
+"""``tandem optimize``: a faster candidate of a registered model, gated by measurement.
+
+An optimization never overwrites: it builds a candidate graph, measures it against the
+version it came from on the same machine, in the same run, on the same holdout rows (see
+:mod:`tandem.optimize.gate`), and registers it as a new version (parent: the original,
+tag ``optimized``) only if it is faster at batch 1 and at batch 256 and loses at most
+``max_loss`` points of the model's primary metric. Either way the table is printed and kept
+in the registry, as an ``optimize`` run of the original version; an accepted candidate also
+carries it in its manifest.
+
+The holdout is ``data`` (labeled rows with the target column) or, by default, the test split
+the version was scored on, rebuilt from its recipe if the training file is still there.
+
+This package sits above training (a later issue adds structured pruning and distillation,
+which retrain), so it is not part of :mod:`tandem.inference`, which must not import training
+libraries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tandem.bundle import write_bundle
+from tandem.bundle.manifest import REFERENCE_SAMPLE
+from tandem.bundle.store import Bundle, load_bundle
+from tandem.data.readers import read_table
+from tandem.errors import DataError, UsageError
+from tandem.inference.predictor import Predictor
+from tandem.ledger.meter import Meter
+from tandem.ledger.records import run_record
+from tandem.optimize.gate import BATCH, GateReport, measure_pair
+from tandem.optimize.quantize import cpu_features, quantize
+from tandem.registry import ModelVersion, Registry, VersionRecord
+from tandem.training.metrics import PRIMARY, score
+
+__all__ = ["METHODS", "GateReport", "OptimizeResult", "optimize"]
+
+METHODS = ("int8-dynamic", "int8-static")
+#: rows of the calibration set used for static quantization, and per calibration batch
+CALIBRATION_ROWS, CALIBRATION_BATCH = 2000, 64
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """The gate's report and, when the candidate passed, the version it became."""
+
+    report: GateReport
+    version: ModelVersion | None
+    source: ModelVersion
+
+
+def optimize(
+    model: str,
+    *,
+    quantize_method: str,
+    calibration: str | Path | None = None,
+    data: str | Path | None = None,
+    max_loss: float = 0.5,
+    rounds: int = 7,
+    registry: Registry | None = None,
+) -> OptimizeResult:
+    """Quantize ``model`` (``NAME[:V]`` or ``NAME@ALIAS``) and keep it if the gate passes.
+
+    Args:
+        quantize_method: ``int8-dynamic`` or ``int8-static``.
+        calibration: rows for static quantization (default: the Bundle's reference sample).
+        data: labeled holdout rows (default: the version's test split, from its recipe).
+        max_loss: the most points (hundredths) of accuracy or R² the candidate may lose.
+        rounds: alternating timing rounds.
+
+    Example:
+        >>> result = optimize("w1", quantize_method="int8-dynamic")  # doctest: +SKIP
+        >>> result.report.accepted, result.version.ref  # doctest: +SKIP
+        (True, 'w1:2')
+    """
+    if quantize_method not in METHODS:
+        raise UsageError(f"unknown quantization '{quantize_method}': choose {', '.join(METHODS)}")
+    if not max_loss >= 0:
+        raise UsageError(f"--max-loss is in points and must be >= 0; got {max_loss}")
+    with contextlib.nullcontext(registry) if registry is not None else Registry() as reg:
+        source = reg.get(model)
+        bundle = load_bundle(source.path, expected_digest=source.digest)
+        with Meter() as meter:
+            report, graph = _candidate(bundle, quantize_method, calibration, data, max_loss, rounds)
+        details = {"technique": quantize_method, "from": source.ref, "report": report.to_json()}
+        reg.record_run(source.name, source.version,
+                       run_record("optimize", meter.profile, 0, details))  # fmt: skip
+        if not report.accepted:
+            return OptimizeResult(report, None, source)
+        version = reg.register(source.name, _writer(bundle, source, graph, report, details))
+    return OptimizeResult(report, version, source)
+
+
+def _candidate(
+    bundle: Bundle, method: str, calibration: str | Path | None, data: str | Path | None,
+    max_loss: float, rounds: int,
+) -> tuple[GateReport, bytes]:  # fmt: skip
+    manifest = bundle.manifest
+    predictor = Predictor(bundle, threads=1)
+    columns, y = _holdout(bundle, data)
+    feed = predictor.encode(predictor.preprocess(columns))
+    n = len(y)
+    if n == 0:
+        raise DataError("the holdout has no rows with a target value")
+    graph = quantize(bundle.graph, method, calibration=_calibration(predictor, bundle, calibration))
+    single = [_rows(feed, i, i + 1) for i in range(min(n, 200))]
+    batch = _rows(feed, 0, BATCH) if n >= BATCH else _tile(feed, BATCH)
+    output = manifest.output
+
+    def evaluate(run: Any) -> dict[str, float]:
+        out = np.concatenate([run(_rows(feed, i, i + BATCH)) for i in range(0, n, BATCH)])
+        return score(manifest.task, y, out if manifest.task == "classification" else out[:, 0])
+
+    before, after, latency, throughput, run_after = measure_pair(
+        bundle.graph, graph, single=single, batch=batch, evaluate=evaluate, output=output,
+        rounds=rounds,
+    )  # fmt: skip
+    metric = PRIMARY[manifest.task]
+    dependent = None
+    if manifest.task == "classification":
+        k = min(n, 1000)
+        one = np.concatenate([run_after(_rows(feed, i, i + 1)) for i in range(k)])
+        many = np.concatenate([run_after(_rows(feed, i, i + BATCH)) for i in range(0, k, BATCH)])
+        dependent = int(np.sum(one.argmax(axis=1) != many[:k].argmax(axis=1)))
+    reasons = []
+    if latency >= 1:
+        reasons.append(f"not faster at batch 1: p50 ×{latency:.2f} of the original")
+    if throughput <= 1:
+        reasons.append(f"not faster at batch {BATCH}: throughput ×{throughput:.2f} of the original")
+    loss = 100 * (before.metrics[metric] - after.metrics[metric])
+    if loss > max_loss:
+        reasons.append(f"loses {loss:.2f} points of {metric} (at most {max_loss:g} allowed)")
+    report = GateReport(method, metric, max_loss, before, after, latency, throughput, reasons,
+                        dependent, cpu_features())  # fmt: skip
+    return report, graph
+
+
+def _holdout(bundle: Bundle, data: str | Path | None) -> tuple[Any, np.ndarray]:
+    """Input columns and targets (class codes, or values) of the rows the gate scores on."""
+    manifest = bundle.manifest
+    if data is None:
+        from tandem.training.train import test_split
+
+        return test_split(manifest)
+    table = read_table(data)
+    if manifest.target not in table.column_names:
+        raise DataError(
+            f"{data} has no column '{manifest.target}', the target: the gate needs labeled rows"
+        )
+    table = table.filter(pc.is_valid(table.column(manifest.target)))
+    values = table.column(manifest.target).to_pylist()
+    if manifest.task != "classification":
+        return table, np.asarray(values, dtype=np.float64)
+    codes = {c: i for i, c in enumerate(manifest.classes)}
+    unknown = sorted({repr(v) for v in values if v not in codes})
+    if unknown:
+        raise DataError(
+            f"{data}: target values {', '.join(unknown[:5])} are not classes of the model "
+            f"({', '.join(map(repr, manifest.classes))})"
+        )
+    return table, np.fromiter((codes[v] for v in values), dtype=np.int64, count=len(values))
+
+
+def _calibration(
+    predictor: Predictor, bundle: Bundle, calibration: str | Path | None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Graph feeds of the calibration rows, in batches."""
+    if calibration is not None:
+        table = read_table(calibration)
+    elif REFERENCE_SAMPLE in bundle.extras:
+        table = pq.read_table(io.BytesIO(bundle.extras[REFERENCE_SAMPLE]))
+    else:
+        raise UsageError("this Bundle keeps no reference sample: pass --calibration FILE")
+    table = table.slice(0, CALIBRATION_ROWS)
+    for start in range(0, table.num_rows, CALIBRATION_BATCH):
+        yield predictor.encode(predictor.preprocess(table.slice(start, CALIBRATION_BATCH)))
+
+
+def _rows(feed: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows ``start:stop`` of a graph feed (rows are its arrays' last axis)."""
+    return {k: np.ascontiguousarray(v[..., start:stop]) for k, v in feed.items()}
+
+
+def _tile(feed: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """``n`` rows made by repeating a small holdout's."""
+    have = next(iter(feed.values())).shape[-1]
+    index = np.arange(n) % have
+    return {k: np.ascontiguousarray(v[..., index]) for k, v in feed.items()}
+
+
+def _writer(
+    bundle: Bundle, source: ModelVersion, graph: bytes, report: GateReport, details: dict[str, Any]
+) -> Any:
+    def write(directory: Path, version: int) -> VersionRecord:
+        manifest = bundle.manifest
+        extra = {
+            **manifest.details,
+            "optimization": details,
+            "metrics": {"holdout": report.after.metrics},
+        }
+        digest = write_bundle(
+            directory, replace(manifest, version=version, details=extra), graph, dict(bundle.extras)
+        )
+        return VersionRecord(
+            digest=digest, task=manifest.task, family=manifest.family,
+            metrics=report.after.metrics, data_fingerprint=source.data_fingerprint,
+            parent_version=source.version, description=f"{report.technique} of {source.ref}",
+            tags={"optimized": report.technique},
+        )  # fmt: skip
+
+    return write
