@@ -36,6 +36,7 @@ def optimize(
     """Build a faster candidate of a model; register it only if measured faster here at
     batch 1 and 256 and within --max-loss on the holdout (exit 1 when refused)."""
     from tandem.optimize import optimize as run
+    from tandem.optimize.quantize import has_vnni
 
     result = run(ref, quantize_method=quantize, calibration=calibration, data=data,
                  max_loss=max_loss)  # fmt: skip
@@ -54,8 +55,7 @@ def optimize(
         if report.batch_dependent_rows is not None:
             out.print(f"rows whose class differs between batch 1 and batch 256: "
                       f"{report.batch_dependent_rows}", highlight=False)  # fmt: skip
-        vnni = any(report.cpu.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-        out.print(f"CPU: {'VNNI' if vnni else 'no VNNI (int8 products via AVX2, 7-bit weights)'}",
+        out.print(f"CPU: {'VNNI' if has_vnni(report.cpu) else 'no VNNI (int8 products via AVX2, 7-bit weights)'}",
                   highlight=False)  # fmt: skip
         if result.version is not None:
             out.print(f"[bold green]accepted[/]: registered {result.version.ref}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ def _tile(feed: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
 
 def _writer(
     bundle: Bundle, source: ModelVersion, graph: bytes, report: GateReport, details: dict[str, Any]
-) -> Any:
+) -> Callable[[Path, int], VersionRecord]:
     def write(directory: Path, version: int) -> VersionRecord:
         manifest = bundle.manifest
         extra = {

@@ -11,6 +11,7 @@ most ``max_loss`` points (hundredths) of the task's primary metric (accuracy, or
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -141,13 +142,8 @@ def measure_pair(
     rates: list[list[float]] = [[], []]
     for r in range(rounds):
         for i in (0, 1) if r % 2 == 0 else (1, 0):
-            run = runs[i]
-            times = []
-            for k in range(n_single):
-                feed = single[k % len(single)]
-                started = time.perf_counter()
-                run(feed)
-                times.append(time.perf_counter() - started)
+            run, feeds = runs[i], itertools.cycle(single)
+            times = _timed(lambda run=run, feeds=feeds: run(next(feeds)), n_single)  # type: ignore[misc]
             p50s[i].append(statistics.median(times) * 1e3)
             spent = math.fsum(_timed(partial(run, batch), n_batch))
             rates[i].append(BATCH * n_batch / spent)

@@ -43,7 +43,7 @@ from onnxruntime.quantization import (
 
 from tandem.errors import UsageError
 
-__all__ = ["QUANTIZABLE", "cpu_features", "gemm_to_matmul", "quantizable_nodes", "quantize"]
+__all__ = ["QUANTIZABLE", "cpu_features", "gemm_to_matmul", "has_vnni", "quantize"]
 
 #: the operators quantization rewrites
 QUANTIZABLE = ("MatMul", "Gemm", "Conv")
@@ -64,13 +64,9 @@ def cpu_features() -> dict[str, bool]:
     return {f: f in flags for f in wanted}
 
 
-def _has_vnni(features: dict[str, bool]) -> bool:
+def has_vnni(features: dict[str, bool]) -> bool:
+    """Whether :func:`cpu_features` found an int8 dot-product instruction (VNNI or AMX)."""
     return any(features.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
-def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names (or types) of the nodes quantization would rewrite."""
-    return [n.name or n.op_type for n in model.graph.node if n.op_type in QUANTIZABLE]
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -156,12 +152,12 @@ def quantize(
     if method not in ("int8-dynamic", "int8-static"):
         raise UsageError(f"unknown quantization '{method}': choose int8-dynamic or int8-static")
     model = onnx.load_from_string(graph)
-    if not quantizable_nodes(model):
+    if not any(n.op_type in QUANTIZABLE for n in model.graph.node):
         raise UsageError(
             "the graph has no matrix product to quantize (MatMul, Gemm, Conv): quantization "
             "speeds up neural networks, not tree ensembles or linear models' few products"
         )
-    reduce_range = not _has_vnni(features if features is not None else cpu_features())
+    reduce_range = not has_vnni(features if features is not None else cpu_features())
     source = gemm_to_matmul(model)
     with tempfile.TemporaryDirectory(prefix="tandem-quantize-") as folder, _no_preprocess_hint():
         target = Path(folder) / "quantized.onnx"

@@ -18,7 +18,6 @@ the same run.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -123,12 +122,6 @@ class Checkpointer:
         log.warning("resuming from %s: epoch %s, step %s", self.path, loop.get("epoch", 0) + 1,
                     loop.get("step"))  # fmt: skip
         return state
-
-    def clear(self) -> None:
-        """Remove the checkpoint (the run finished)."""
-        self.path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty or already gone: other files stay
-            self.folder.rmdir()
 
 
 def rng_state() -> dict[str, Any]:

@@ -19,7 +19,9 @@ checkpoints), given by ``TANDEM_RAY_STORAGE``.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,6 @@ def fit_ray(
         from ray.train.torch import TorchTrainer
     except ImportError as exc:
         raise ConfigError("--engine ray needs Ray Train: pip install 'tandem[ray]'") from exc
-    import time
 
     use_gpu = options.device == "cuda" or (options.device == "auto" and torch.cuda.is_available())
     started_here = not ray.is_initialized()
@@ -95,8 +96,6 @@ def fit_ray(
             saved = torch.load(Path(folder) / _STATE, weights_only=True)
     finally:
         if "TANDEM_RAY_STORAGE" not in os.environ:
-            import shutil
-
             shutil.rmtree(storage, ignore_errors=True)
         if started_here:
             ray.shutdown()
@@ -111,8 +110,6 @@ def fit_ray(
 
 def _worker(job: dict[str, Any]) -> None:
     """One Ray Train worker: the loop on its shard, under DDP."""
-    import time
-
     import ray
     import ray.train
     import ray.train.torch

@@ -323,9 +323,7 @@ def train(
         _notify(on_progress, ProgressEvent(0, total, "reading data"))
         table, source = _as_table(data)
         prep = _prepare(table, target, task, ignore)
-        split = split_indices(
-            len(prep.y), labels=prep.y if prep.task == "classification" else None, seed=seed
-        )
+        split = _split(prep, seed)
         rows_of = {"train": split.train, "validation": split.validation, "test": split.test}
         parts = {k: {c: v[i] for c, v in prep.columns.items()} for k, i in rows_of.items()}
         ys = {k: prep.y[i] for k, i in rows_of.items()}
@@ -445,12 +443,15 @@ def test_split(manifest: Manifest) -> tuple[dict[str, np.ndarray], np.ndarray]:
             f"{source} changed since {ref} was trained on it (its fingerprint differs): "
             "pass labeled rows with --data FILE"
         )
-    split = split_indices(
-        len(prep.y),
-        labels=prep.y if prep.task == "classification" else None,
-        seed=recipe.get("seed", 0),
-    )
+    split = _split(prep, recipe.get("seed", 0))
     return {c: v[split.test] for c, v in prep.columns.items()}, prep.y[split.test]
+
+
+def _split(prep: _Prepared, seed: int) -> Split:
+    """Train / validation / test rows: stratified for classes, seeded."""
+    return split_indices(
+        len(prep.y), labels=prep.y if prep.task == "classification" else None, seed=seed
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
