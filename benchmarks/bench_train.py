@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from _common import machine, median, paired_ratio, synthetic_classification, text_table, write_json
-from tandem.models.mlp import _evaluator
+from tandem.models.mlp import evaluator
 from tandem.training.checkpoint import Checkpointer
 from tandem.training.loop import Hardware, LoopConfig, _warmup_cosine, fit_torch
 
@@ -110,7 +110,7 @@ def ours(data: Data, epochs: int, *, every_steps: int | None = None,
             w1(), nn.CrossEntropyLoss(), data,
             config=LoopConfig(max_epochs=epochs, batch_size=BATCH, lr=LR, weight_decay=WD,
                               patience=epochs + 1),
-            seed=SEED, deadline=math.inf, evaluate=_evaluator("classification", data[3], 0.0, 1.0),
+            seed=SEED, deadline=math.inf, evaluate=evaluator("classification", data[3], 0.0, 1.0),
             hardware=Hardware(torch.device("cpu"), precision),  # type: ignore[arg-type]
             checkpoint=ckpt,
         )  # fmt: skip

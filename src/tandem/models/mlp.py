@@ -6,22 +6,30 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from tandem.bundle.graph import OPSET, GraphBuilder
 from tandem.errors import ConfigError
 from tandem.models.base import Family, FitContext
-from tandem.training.loop import LoopConfig, TorchOptions, fit_torch, resolve_hardware
+from tandem.training.loop import (
+    EpochRecord,
+    LoopConfig,
+    TorchOptions,
+    fit_torch,
+    resolve_hardware,
+)
 from tandem.training.metrics import metric_names, score
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "evaluator", "network", "network_from_graph", "objective"]
 
 
 class _Scored(nn.Module):
@@ -73,45 +81,44 @@ class MLP(Family):
         hardware = resolve_hardware(options) if options.engine == "local" else None
         torch.manual_seed(ctx.seed)
         outputs = ctx.n_classes if ctx.task == "classification" else 1
-        net = nn.Sequential(
-            nn.Linear(X.shape[1], self.hidden), nn.ReLU(), nn.Dropout(self.dropout),
-            nn.Linear(self.hidden, self.hidden), nn.ReLU(), nn.Dropout(self.dropout),
-            nn.Linear(self.hidden, outputs),
-        )  # fmt: skip
-        if ctx.task == "classification":
-            mean, std = 0.0, 1.0
-            loss: Any = nn.CrossEntropyLoss()
-            targets = (y.astype(np.int64), y_val.astype(np.int64))
-        else:
-            mean, std = float(y.mean()), float(y.std() or 1.0)
-            mse = nn.MSELoss()
-
-            def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-                return mse(pred.squeeze(1), target)  # type: ignore[no-any-return]
-
-            targets = (
-                ((y - mean) / std).astype(np.float32),
-                ((y_val - mean) / std).astype(np.float32),
-            )
-        evaluate = _evaluator(ctx.task, y_val, mean, std)
+        net = network(X.shape[1], [self.hidden, self.hidden], outputs, self.dropout)
+        loss, targets, mean, std = objective(ctx.task, y, y_val)
+        evaluate = evaluator(ctx.task, y_val, mean, std)
         data = (X, targets[0], X_val, targets[1])
         if options.engine == "ray":
             from tandem.training.distributed import fit_ray
 
-            self.history_ = fit_ray(
+            history = fit_ray(
                 net, loss, data, config=self.config, seed=ctx.seed, deadline=ctx.deadline,
                 on_epoch=ctx.epoch_done, evaluate=evaluate, options=options,
             )  # fmt: skip
         else:
-            self.history_ = fit_torch(
+            history = fit_torch(
                 net, loss, data, config=self.config, seed=ctx.seed, deadline=ctx.deadline,
                 on_epoch=ctx.epoch_done, evaluate=evaluate, hardware=hardware,
                 checkpoint=ctx.checkpoint,
             )  # fmt: skip
+        return self._freeze(net, ctx.task, mean, std, history)
+
+    @classmethod
+    def frozen(
+        cls, net: nn.Sequential, *, task: str, y_mean: float, y_std: float, dropout: float,
+        config: LoopConfig, history: list[EpochRecord],
+    ) -> MLP:  # fmt: skip
+        """A fitted family around a network trained elsewhere (pruned, or a distilled student),
+        ready to predict, export and describe like one ``fit`` made."""
+        model = cls(dropout=dropout, **dataclasses.asdict(config))
+        return model._freeze(net, task, y_mean, y_std, history)
+
+    def _freeze(
+        self, net: nn.Sequential, task: str, mean: float, std: float, history: list[EpochRecord]
+    ) -> MLP:
         net.cpu()
-        self.scored_ = _Scored(net, ctx.task, mean, std).eval()
-        self.task_ = ctx.task
-        self.n_features_ = X.shape[1]
+        self.history_ = history
+        self.widths_ = [m.out_features for m in net if isinstance(m, nn.Linear)][:-1]
+        self.scored_ = _Scored(net, task, mean, std).eval()
+        self.task_ = task
+        self.n_features_ = next(m for m in net if isinstance(m, nn.Linear)).in_features
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -137,7 +144,7 @@ class MLP(Family):
         values = [h.value(self.config.monitor) for h in self.history_]
         best = np.argmin(values) if self.config.lower_is_better else np.argmax(values)
         return {
-            "hidden": [self.hidden, self.hidden],
+            "hidden": self.widths_,
             "dropout": self.dropout,
             "loop": dataclasses.asdict(self.config),
             "epochs": len(self.history_),
@@ -146,7 +153,61 @@ class MLP(Family):
         }
 
 
-def _evaluator(
+def network(n_in: int, widths: Sequence[int], outputs: int, dropout: float) -> nn.Sequential:
+    """Linear → ReLU → Dropout per hidden width, then a linear head (the state dict's keys are
+    ``0.weight``, ``3.weight``, ...: three modules per hidden layer)."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(n_in, width), nn.ReLU(), nn.Dropout(dropout)]
+        n_in = width
+    return nn.Sequential(*layers, nn.Linear(n_in, outputs))
+
+
+def network_from_graph(graph: onnx.ModelProto, dropout: float) -> nn.Sequential:
+    """The network of a frozen MLP, read back from its Bundle graph's initializers (named by
+    the exporter after the state dict: ``<prefix>/net.0.weight``, ...)."""
+    weights: dict[str, torch.Tensor] = {}
+    for init in graph.graph.initializer:
+        found = re.search(r"/net\.(\d+)\.(weight|bias)$", init.name)
+        if found:
+            array = numpy_helper.to_array(init).astype(np.float32)
+            weights[f"{found[1]}.{found[2]}"] = torch.from_numpy(array.copy())
+    layers = sorted({int(k.split(".")[0]) for k in weights})
+    if (
+        not layers
+        or layers != list(range(0, 3 * len(layers), 3))
+        or len(weights) != 2 * len(layers)
+    ):
+        raise ValueError("the graph holds no tandem MLP (linear layers net.0, net.3, ...)")
+    heads = [weights[f"{i}.weight"] for i in layers]
+    net = network(heads[0].shape[1], [w.shape[0] for w in heads[:-1]], heads[-1].shape[0], dropout)
+    net.load_state_dict(weights)
+    return net
+
+
+def objective(
+    task: str, y: np.ndarray, y_val: np.ndarray
+) -> tuple[
+    Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tuple[np.ndarray, np.ndarray],
+    float,
+    float,
+]:
+    """The training loss, the train / validation targets it expects, and the target's mean
+    and spread (regression trains on standardised values; 0 and 1 for classification)."""
+    if task == "classification":
+        return nn.CrossEntropyLoss(), (y.astype(np.int64), y_val.astype(np.int64)), 0.0, 1.0
+    mean, std = float(y.mean()), float(y.std() or 1.0)
+    mse = nn.MSELoss()
+
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return mse(pred.squeeze(1), target)  # type: ignore[no-any-return]
+
+    scaled = (((y - mean) / std).astype(np.float32), ((y_val - mean) / std).astype(np.float32))
+    return loss, scaled, mean, std
+
+
+def evaluator(
     task: str, y_val: np.ndarray, mean: float, std: float
 ) -> Callable[[np.ndarray], dict[str, float]]:
     """The validation metrics of the network's raw outputs (logits, or standardised values)."""

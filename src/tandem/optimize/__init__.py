@@ -1,5 +1,8 @@
 """``tandem optimize``: a faster candidate of a registered model, gated by measurement.
 
+The candidate is int8 (quantization with ONNX Runtime), a narrower MLP (structured pruning,
+fine-tuned), or a small MLP student taught by the model (distillation).
+
 An optimization never overwrites: it builds a candidate graph, measures it against the
 version it came from on the same machine, in the same run, on the same holdout rows (see
 :mod:`tandem.optimize.gate`), and registers it as a new version (parent: the original,
@@ -11,19 +14,19 @@ carries it in its manifest.
 The holdout is ``data`` (labeled rows with the target column) or, by default, the test split
 the version was scored on, rebuilt from its recipe if the training file is still there.
 
-This package sits above training (a later issue adds structured pruning and distillation,
-which retrain), so it is not part of :mod:`tandem.inference`, which must not import training
-libraries.
+Structured pruning and distillation retrain (:mod:`tandem.optimize.retrain`), so this
+package sits above training, not in :mod:`tandem.inference`, which must not import training
+libraries. Each call applies one technique; they chain, as each candidate is a version.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -42,6 +45,9 @@ from tandem.optimize.quantize import cpu_features, quantize
 from tandem.registry import ModelVersion, Registry, VersionRecord
 from tandem.training.metrics import PRIMARY, score
 
+if TYPE_CHECKING:  # retraining imports torch: only the techniques that retrain pay for it
+    from tandem.optimize.retrain import Retrained
+
 __all__ = ["METHODS", "GateReport", "OptimizeResult", "optimize"]
 
 METHODS = ("int8-dynamic", "int8-static")
@@ -56,23 +62,34 @@ class OptimizeResult:
     report: GateReport
     version: ModelVersion | None
     source: ModelVersion
+    #: what a retraining technique did (widths, epochs, teacher); empty for quantization
+    retrained: dict[str, Any] = field(default_factory=dict)
 
 
 def optimize(
     model: str,
     *,
-    quantize_method: str,
+    quantize_method: str | None = None,
     calibration: str | Path | None = None,
+    prune: float | None = None,
+    fine_tune_epochs: int = 20,
+    distill: Mapping[str, Any] | None = None,
     data: str | Path | None = None,
     max_loss: float = 0.5,
     rounds: int = 7,
     registry: Registry | None = None,
 ) -> OptimizeResult:
-    """Quantize ``model`` (``NAME[:V]`` or ``NAME@ALIAS``) and keep it if the gate passes.
+    """Build one faster candidate of ``model`` (``NAME[:V]`` or ``NAME@ALIAS``) and keep it
+    if the gate passes. Pass one technique: ``quantize_method``, ``prune`` or ``distill``.
 
     Args:
         quantize_method: ``int8-dynamic`` or ``int8-static``.
         calibration: rows for static quantization (default: the Bundle's reference sample).
+        prune: the share (0–1) of each hidden layer's neurons to remove from an MLP.
+        fine_tune_epochs: at most this many epochs of fine-tuning after pruning (0: none).
+        distill: the student's settings, e.g. ``{"hidden": 32, "temperature": 4, "alpha": 0.7}``
+            (``{}``: the defaults; see :class:`~tandem.optimize.retrain.DistillSpec`); the
+            teacher is ``model``, whatever its family.
         data: labeled holdout rows (default: the version's test split, from its recipe).
         max_loss: the most points (hundredths) of accuracy or R² the candidate may lose.
         rounds: alternating timing rounds.
@@ -82,28 +99,62 @@ def optimize(
         >>> result.report.accepted, result.version.ref  # doctest: +SKIP
         (True, 'w1:2')
     """
-    if quantize_method not in METHODS:
+    chosen = [n for n, v in (("--quantize", quantize_method), ("--prune", prune),
+                             ("--distill", distill)) if v is not None]  # fmt: skip
+    if len(chosen) != 1:
+        raise UsageError(
+            "pass one of --quantize, --prune or --distill"
+            + (f", not {' and '.join(chosen)}: chain them, optimizing the version the first "
+               "registers" if chosen else "")
+        )  # fmt: skip
+    if quantize_method is not None and quantize_method not in METHODS:
         raise UsageError(f"unknown quantization '{quantize_method}': choose {', '.join(METHODS)}")
+    if calibration is not None and quantize_method != "int8-static":
+        raise UsageError("--calibration calibrates --quantize int8-static; it has no other use")
+    if quantize_method is None:
+        from tandem.optimize import retrain
+    spec = retrain.DistillSpec.parse(distill) if distill is not None else None
     if not max_loss >= 0:
         raise UsageError(f"--max-loss is in points and must be >= 0; got {max_loss}")
     with contextlib.nullcontext(registry) if registry is not None else Registry() as reg:
         source = reg.get(model)
         bundle = load_bundle(source.path, expected_digest=source.digest)
+        retrained = None
         with Meter() as meter:
-            report, graph = _candidate(bundle, quantize_method, calibration, data, max_loss, rounds)
-        details = {"technique": quantize_method, "from": source.ref, "report": report.to_json()}
+            if quantize_method is not None:
+                technique = quantize_method
+                predictor = Predictor(bundle, threads=1)
+                graph = quantize(bundle.graph, quantize_method,
+                                 calibration=_calibration(predictor, bundle, calibration))  # fmt: skip
+            else:
+                if spec is not None:
+                    technique, retrained = spec.label, retrain.distill(bundle, spec)
+                else:
+                    assert prune is not None
+                    technique = f"prune {prune:.0%}"
+                    retrained = retrain.prune(bundle, prune, epochs=fine_tune_epochs)
+                graph = retrained.graph
+            report = _gate(bundle, graph, technique, data, max_loss, rounds)
+        done = retrained.details if retrained is not None else {}
+        details: dict[str, Any] = {"technique": technique, "from": source.ref,
+                                   "report": report.to_json()}  # fmt: skip
+        if retrained is not None:
+            details["retrained"] = done
+        rows = retrained.rows if retrained is not None else 0
         reg.record_run(source.name, source.version,
-                       run_record("optimize", meter.profile, 0, details))  # fmt: skip
+                       run_record("optimize", meter.profile, rows, details))  # fmt: skip
         if not report.accepted:
-            return OptimizeResult(report, None, source)
-        version = reg.register(source.name, _writer(bundle, source, graph, report, details))
-    return OptimizeResult(report, version, source)
+            return OptimizeResult(report, None, source, done)
+        version = reg.register(source.name, _writer(bundle, source, graph, report, details,
+                                                    retrained))  # fmt: skip
+    return OptimizeResult(report, version, source, done)
 
 
-def _candidate(
-    bundle: Bundle, method: str, calibration: str | Path | None, data: str | Path | None,
-    max_loss: float, rounds: int,
-) -> tuple[GateReport, bytes]:  # fmt: skip
+def _gate(
+    bundle: Bundle, graph: bytes, technique: str, data: str | Path | None, max_loss: float,
+    rounds: int,
+) -> GateReport:  # fmt: skip
+    """Measure ``graph`` against the Bundle's own, and judge it."""
     manifest = bundle.manifest
     predictor = Predictor(bundle, threads=1)
     columns, y = _holdout(bundle, data)
@@ -111,7 +162,6 @@ def _candidate(
     n = len(y)
     if n == 0:
         raise DataError("the holdout has no rows with a target value")
-    graph = quantize(bundle.graph, method, calibration=_calibration(predictor, bundle, calibration))
     single = [_rows(feed, i, i + 1) for i in range(min(n, 200))]
     batch = _rows(feed, 0, BATCH) if n >= BATCH else _tile(feed, BATCH)
     output = manifest.output
@@ -139,9 +189,8 @@ def _candidate(
     loss = 100 * (before.metrics[metric] - after.metrics[metric])
     if loss > max_loss:
         reasons.append(f"loses {loss:.2f} points of {metric} (at most {max_loss:g} allowed)")
-    report = GateReport(method, metric, max_loss, before, after, latency, throughput, reasons,
-                        dependent, cpu_features())  # fmt: skip
-    return report, graph
+    return GateReport(technique, metric, max_loss, before, after, latency, throughput, reasons,
+                      dependent, cpu_features())  # fmt: skip
 
 
 def _holdout(bundle: Bundle, data: str | Path | None) -> tuple[Any, np.ndarray]:
@@ -198,20 +247,25 @@ def _tile(feed: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
 
 
 def _writer(
-    bundle: Bundle, source: ModelVersion, graph: bytes, report: GateReport, details: dict[str, Any]
-) -> Callable[[Path, int], VersionRecord]:
+    bundle: Bundle, source: ModelVersion, graph: bytes, report: GateReport,
+    details: dict[str, Any], retrained: Retrained | None,
+) -> Callable[[Path, int], VersionRecord]:  # fmt: skip
+    manifest = bundle.manifest
+    extra = {**manifest.details, "optimization": details,
+             "metrics": {"holdout": report.after.metrics}}  # fmt: skip
+    family = manifest.family
+    if retrained is not None:  # a new network: describe it, and profile its outputs for drift
+        family = retrained.family.name
+        extra.update(model=retrained.family.describe(),
+                     reference_outputs=retrained.reference_outputs)  # fmt: skip
+
     def write(directory: Path, version: int) -> VersionRecord:
-        manifest = bundle.manifest
-        extra = {
-            **manifest.details,
-            "optimization": details,
-            "metrics": {"holdout": report.after.metrics},
-        }
         digest = write_bundle(
-            directory, replace(manifest, version=version, details=extra), graph, dict(bundle.extras)
-        )
+            directory, replace(manifest, version=version, family=family, details=extra), graph,
+            dict(bundle.extras),
+        )  # fmt: skip
         return VersionRecord(
-            digest=digest, task=manifest.task, family=manifest.family,
+            digest=digest, task=manifest.task, family=family,
             metrics=report.after.metrics, data_fingerprint=source.data_fingerprint,
             parent_version=source.version, description=f"{report.technique} of {source.ref}",
             tags={"optimized": report.technique},

@@ -53,7 +53,10 @@ __all__ = [
     "CheckpointOptions",
     "Pipeline",
     "ProgressEvent",
+    "Rebuilt",
     "TrainResult",
+    "freeze",
+    "rebuild",
     "test_split",
     "train",
 ]
@@ -212,6 +215,30 @@ def _parity(
     return float(np.max(np.abs(frozen - live))) if frozen.size else 0.0
 
 
+def _tolerance(task: Task, y_train: np.ndarray) -> float:
+    # probabilities are bounded, so their tolerance is absolute; values are compared in units
+    # of the target's spread, as a float32 network cannot hold 1e-5 on a target near 150
+    return PARITY_TOLERANCE * (
+        1.0 if task == "classification" else max(1.0, float(np.std(y_train)))
+    )
+
+
+def freeze(
+    pre: Preprocessor, family: Family, task: Task, test_columns: dict[str, np.ndarray],
+    X_test: np.ndarray, y_train: np.ndarray,
+) -> bytes:  # fmt: skip
+    """The one graph of ``pre`` and ``family``, refused unless it reproduces the in-memory
+    model on the test rows (as training freezes its pick)."""
+    graph = _build_graph(pre, family, task)
+    parity, tolerance = _parity(graph, pre, family, test_columns, X_test), _tolerance(task, y_train)
+    if not parity <= tolerance:
+        raise TrainingError(
+            f"the exported graph differs from the trained model by {parity:.2e} (> {tolerance:.1e}); "
+            "nothing was registered"
+        )
+    return graph
+
+
 def _freeze_best(
     leaderboard: list[Candidate],
     fitted: dict[str, Family],
@@ -223,11 +250,7 @@ def _freeze_best(
 ) -> tuple[list[Candidate], Candidate, bytes, float]:
     """Export the best candidate whose graph reproduces it; a candidate whose export fails
     parity is marked on the leaderboard and the next best is tried."""
-    # probabilities are bounded, so their tolerance is absolute; values are compared in units
-    # of the target's spread, as a float32 network cannot hold 1e-5 on a target near 150
-    tolerance = PARITY_TOLERANCE * (
-        1.0 if prep.task == "classification" else max(1.0, float(np.std(y_train)))
-    )
+    tolerance = _tolerance(prep.task, y_train)
     failures: dict[str, str] = {}
     for candidate in sorted(
         (c for c in leaderboard if c.error is None), key=rank_key(prep.task), reverse=True
@@ -429,22 +452,60 @@ def test_split(manifest: Manifest) -> tuple[dict[str, np.ndarray], np.ndarray]:
     Raises:
         DataError: the file is gone or changed since (its fingerprint differs).
     """
+    prep, split = _recipe_data(manifest, "pass labeled rows with --data FILE")
+    return {c: v[split.test] for c, v in prep.columns.items()}, prep.y[split.test]
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """A version's training data as its training run saw it: split again with the recorded
+    seed, preprocessed by the same (refitted, identical) preprocessor. Each mapping is keyed
+    by ``train``, ``validation`` and ``test``."""
+
+    preprocessor: Preprocessor
+    #: input columns, coerced as in training
+    columns: dict[str, dict[str, np.ndarray]]
+    #: features as the model sees them
+    X: dict[str, np.ndarray]
+    #: class codes into ``manifest.classes``, or values
+    y: dict[str, np.ndarray]
+
+
+def rebuild(manifest: Manifest, why: str) -> Rebuilt:
+    """Everything a retraining step (pruning's fine-tuning, distillation) needs of a version's
+    data, rebuilt from its recipe; ``why`` ends the error raised when that cannot be done."""
+    prep, split = _recipe_data(manifest, why)
+    rows_of = {"train": split.train, "validation": split.validation, "test": split.test}
+    columns = {k: {c: v[i] for c, v in prep.columns.items()} for k, i in rows_of.items()}
+    pre = Preprocessor(prep.specs).fit(columns["train"])
+    if json.loads(json.dumps(pre.state())) != manifest.details.get("preprocessing"):
+        raise DataError(
+            f"the preprocessing refitted on {manifest.name}:{manifest.version}'s training rows "
+            f"differs from the one it froze (a different tandem version?): {why}"
+        )
+    return Rebuilt(
+        pre,
+        columns,
+        {k: pre.transform(v) for k, v in columns.items()},
+        {k: prep.y[i] for k, i in rows_of.items()},
+    )
+
+
+def _recipe_data(manifest: Manifest, why: str) -> tuple[_Prepared, Split]:
+    """The version's data, prepared and split as in training, if its file is unchanged."""
     source = manifest.details.get("data", {}).get("source", "")
     recipe = manifest.details.get("recipe", {})
     ref = f"{manifest.name}:{manifest.version}"
     if not source or not Path(source).exists():
         raise DataError(
-            f"the data {ref} was trained on ({source or 'not a file'}) is not here: "
-            "pass labeled rows with --data FILE"
+            f"the data {ref} was trained on ({source or 'not a file'}) is not here: {why}"
         )
     prep = _prepare(read_table(source), manifest.target, manifest.task, recipe.get("ignore", ()))
     if prep.fingerprint != manifest.details.get("data", {}).get("fingerprint"):
         raise DataError(
-            f"{source} changed since {ref} was trained on it (its fingerprint differs): "
-            "pass labeled rows with --data FILE"
+            f"{source} changed since {ref} was trained on it (its fingerprint differs): {why}"
         )
-    split = _split(prep, recipe.get("seed", 0))
-    return {c: v[split.test] for c, v in prep.columns.items()}, prep.y[split.test]
+    return prep, _split(prep, recipe.get("seed", 0))
 
 
 def _split(prep: _Prepared, seed: int) -> Split:
