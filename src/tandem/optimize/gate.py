@@ -107,12 +107,13 @@ def measure_pair(
     output: str,
     rounds: int = 7,
     round_s: float = 0.25,
+    batch_rows: int = BATCH,
 ) -> tuple[Measured, Measured, float, float, Callable[[Feed], np.ndarray]]:
     """Time and score two graphs side by side.
 
     Args:
         single: one-row feeds (the latency calls cycle through them).
-        batch: a feed of :data:`BATCH` rows.
+        batch: a feed of ``batch_rows`` rows (:data:`BATCH` in the gate).
         evaluate: the metrics of a ``predict(feed) -> outputs`` function on the holdout.
         output: the graph output to fetch.
         rounds: alternating rounds; each spends about ``round_s`` seconds per graph and measure.
@@ -146,7 +147,7 @@ def measure_pair(
             times = _timed(lambda run=run, feeds=feeds: run(next(feeds)), n_single)  # type: ignore[misc]
             p50s[i].append(statistics.median(times) * 1e3)
             spent = math.fsum(_timed(partial(run, batch), n_batch))
-            rates[i].append(BATCH * n_batch / spent)
+            rates[i].append(batch_rows * n_batch / spent)
     latency = statistics.median(a / b for a, b in zip(p50s[1], p50s[0], strict=True))
     throughput = statistics.median(a / b for a, b in zip(rates[1], rates[0], strict=True))
     measured = [
