@@ -32,8 +32,9 @@ def optimize(
         ),
     ] = None,
     fine_tune_epochs: Annotated[
-        int, typer.Option(help="At most this many fine-tuning epochs after --prune (0: none).")
-    ] = 20,
+        int | None,
+        typer.Option(help="At most this many fine-tuning epochs after --prune (0: none; 20)."),
+    ] = None,
     distill: Annotated[
         str | None,
         typer.Option(

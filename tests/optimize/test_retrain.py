@@ -21,7 +21,8 @@ from tandem.bundle.store import load_bundle
 from tandem.errors import DataError, UsageError
 from tandem.models.mlp import network, network_from_graph
 from tandem.optimize import optimize
-from tandem.optimize.retrain import _remove_neurons
+from tandem.optimize.quantize import quantize
+from tandem.optimize.retrain import DistillSpec, _distill_loss, _remove_neurons, _soften
 from tandem.training.train import rebuild, train
 from tests.helpers import TANDEM, cli_env
 from tests.optimize.test_optimize import _csv, _registry
@@ -80,6 +81,36 @@ def test_removing_neurons_that_do_nothing_keeps_the_function(
         torch.testing.assert_close(small.eval()(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    logits=st.lists(st.floats(-6, 6), min_size=6, max_size=6),
+    temperature=st.floats(0.5, 8),
+)
+def test_the_distillation_loss_is_the_documented_mix(
+    logits: list[float], temperature: float
+) -> None:
+    z = torch.tensor(logits).reshape(2, 3)
+    teacher = torch.softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.5]]), dim=1).numpy()
+    labels = torch.tensor([[0.0], [1.0]])
+
+    def loss(alpha: float, probabilities: np.ndarray) -> float:
+        spec = DistillSpec(temperature=temperature, alpha=alpha)
+        soft = torch.from_numpy(_soften(probabilities, temperature)).float()
+        return float(_distill_loss("classification", spec)(z, torch.cat([labels, soft], dim=1)))
+
+    # alpha 0: the true labels only; alpha 1: the teacher only, zero where the student agrees
+    expected = float(nn.functional.cross_entropy(z, labels[:, 0].long()))
+    assert loss(0.0, teacher) == pytest.approx(expected, rel=1e-5)
+    student = torch.softmax(z, dim=1).numpy()
+    assert loss(1.0, student) == pytest.approx(0.0, abs=1e-4)
+    assert loss(1.0, teacher) > 0
+    # the softened teacher is softmax(log p / T): T = 1 leaves it, larger T flattens it
+    np.testing.assert_allclose(_soften(teacher, 1.0), teacher, rtol=1e-6)
+    flat = _soften(teacher, 4.0)
+    assert np.all(flat.max(axis=1) <= teacher.max(axis=1) + 1e-9)
+    np.testing.assert_allclose(flat.sum(axis=1), 1.0)
+
+
 def test_a_frozen_mlp_reads_back_into_the_same_network(trained: tuple[Path, Path]) -> None:
     home, _ = trained
     with _registry(home) as reg:
@@ -107,7 +138,8 @@ def test_pruning_narrows_the_network_and_keeps_its_quality(trained: tuple[Path, 
         report, done = result.report, result.retrained
         assert done["hidden_before"] == [128, 128] and done["hidden_after"] == [64, 64]
         assert 1 <= done["fine_tune_epochs"] <= 4
-        assert report.after.size_bytes < 0.5 * report.before.size_bytes  # 3 of 4 weights gone
+        # half the neurons: 3/4 of the hidden-to-hidden weights, half of the others, gone
+        assert report.after.size_bytes < 0.5 * report.before.size_bytes
         assert report.loss_points <= 0.5  # fine-tuning recovers what removal cost
         assert (report.throughput_ratio <= 1) == any("batch 256" in r for r in report.reasons)
         run = reg.runs("m", 1, phase="optimize")[-1]
@@ -134,8 +166,9 @@ def test_a_gbdt_teaches_a_small_mlp(trained: tuple[Path, Path]) -> None:
         report = result.report
         assert result.retrained["teacher"] == {"family": "gbdt", "model": "g:1"}
         assert result.retrained["hidden"] == [16, 16]
-        # a 16-wide MLP is much faster than a forest, and about as accurate (or more)
-        assert report.throughput_ratio > 3 and report.loss_points < 2
+        # a 16-wide MLP is a fraction of a forest's size, and about as accurate (or more)
+        assert report.after.size_bytes < 0.2 * report.before.size_bytes
+        assert report.loss_points < 2
         if report.accepted:
             assert result.version is not None
             v = result.version
@@ -190,6 +223,10 @@ def test_bad_requests_are_refused_before_any_work(trained: tuple[Path, Path]) ->
             ({"distill": {"alpha": 2}}, r"alpha weighs the teacher in \[0, 1\]"),
             ({"distill": {"hidden": 0}}, "hidden must be a whole number >= 1"),
             ({"distill": {"lr": -1}}, "lr must be > 0"),
+            ({"distill": {"alpha": "high"}}, "alpha must be a number; got 'high'"),
+            ({"distill": {"temperature": None}}, "temperature must be a number; got None"),
+            ({"distill": {"hidden": True}}, "hidden must be a whole number >= 1; got True"),
+            ({"distill": {}, "fine_tune_epochs": 3}, "--fine-tune-epochs is how long --prune"),
             ({"distill": {"monitor": "r2"}}, "cannot monitor 'r2' for classification"),
         ]
         for kwargs, message in refusals:
@@ -198,6 +235,33 @@ def test_bad_requests_are_refused_before_any_work(trained: tuple[Path, Path]) ->
         with pytest.raises(UsageError, match="g:1 is a gbdt model: distill it"):
             optimize("g:1", prune=0.5, registry=reg)
         assert len(reg.runs("m", 1, phase="optimize")) == runs
+
+
+def test_pruning_without_fine_tuning_and_pruning_int8_are_handled(
+    trained: tuple[Path, Path],
+) -> None:
+    home, _ = trained
+    with _registry(home) as reg:
+        result = optimize("m:1", prune=0.25, fine_tune_epochs=0, max_loss=100, rounds=1,
+                          registry=reg)  # fmt: skip
+        assert result.retrained["fine_tune_epochs"] == 0
+        assert result.retrained["hidden_after"] == [96, 96]
+        if result.version is not None:  # kept as pruned: no epoch, no best epoch
+            manifest = load_bundle(result.version.path).manifest
+            assert manifest.details["model"]["best_epoch"] is None
+        source = reg.get("m:1")
+        # an int8 graph holds no float network to narrow (the refusal below needs one that
+        # passed the gate, which timing decides; this holds either way)
+        with pytest.raises(ValueError, match="no tandem MLP"):
+            network_from_graph(onnx.load_from_string(quantize(load_bundle(source.path).graph,
+                                                              "int8-dynamic")), dropout=0.0)  # fmt: skip
+        quantized = optimize("m:1", quantize_method="int8-dynamic", max_loss=100, rounds=1,
+                             registry=reg).version  # fmt: skip
+        if quantized is not None:
+            with pytest.raises(
+                UsageError, match=f"{quantized.ref} is int8 .*prune the float version m:1"
+            ):
+                optimize(quantized.ref, prune=0.5, registry=reg)
 
 
 def test_retraining_needs_the_training_file(tmp_path: Path) -> None:

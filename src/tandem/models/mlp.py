@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from tandem.bundle.graph import OPSET, GraphBuilder
+from tandem.data.schema import Task
 from tandem.errors import ConfigError
 from tandem.models.base import Family, FitContext
 from tandem.training.loop import (
@@ -29,7 +30,7 @@ from tandem.training.loop import (
 )
 from tandem.training.metrics import metric_names, score
 
-__all__ = ["MLP", "evaluator", "network", "network_from_graph", "objective"]
+__all__ = ["MLP", "check_monitor", "evaluator", "network", "network_from_graph", "objective"]
 
 
 class _Scored(nn.Module):
@@ -72,11 +73,7 @@ class MLP(Family):
     def fit(
         self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, ctx: FitContext
     ) -> MLP:
-        monitors = ["val_loss", *metric_names(ctx.task, ctx.n_classes)]
-        if self.config.monitor not in monitors:
-            raise ConfigError(
-                f"cannot monitor '{self.config.monitor}' for {ctx.task}: choose {', '.join(monitors)}"
-            )
+        check_monitor(self.config, ctx.task, ctx.n_classes)
         options = ctx.torch or TorchOptions()
         hardware = resolve_hardware(options) if options.engine == "local" else None
         torch.manual_seed(ctx.seed)
@@ -142,15 +139,26 @@ class MLP(Family):
 
     def describe(self) -> dict[str, Any]:
         values = [h.value(self.config.monitor) for h in self.history_]
-        best = np.argmin(values) if self.config.lower_is_better else np.argmax(values)
+        best = None  # no epoch run: a pruned network kept without fine-tuning
+        if values:
+            best = int(np.argmin(values) if self.config.lower_is_better else np.argmax(values)) + 1
         return {
             "hidden": self.widths_,
             "dropout": self.dropout,
             "loop": dataclasses.asdict(self.config),
             "epochs": len(self.history_),
-            "best_epoch": int(best) + 1,
+            "best_epoch": best,
             "history": [h.to_json() for h in self.history_],
         }
+
+
+def check_monitor(config: LoopConfig, task: Task, n_classes: int) -> None:
+    """Refuse a ``monitor`` that is neither ``val_loss`` nor a validation metric of ``task``."""
+    monitors = ["val_loss", *metric_names(task, n_classes)]
+    if config.monitor not in monitors:
+        raise ConfigError(
+            f"cannot monitor '{config.monitor}' for {task}: choose {', '.join(monitors)}"
+        )
 
 
 def network(n_in: int, widths: Sequence[int], outputs: int, dropout: float) -> nn.Sequential:

@@ -62,7 +62,8 @@ class TextEncoder(nn.Module):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-        return cls(AutoModel.from_pretrained(str(folder))).eval()
+        # local_files_only: offline even where HF_HUB_OFFLINE was set to 0 or read before
+        return cls(AutoModel.from_pretrained(str(folder), local_files_only=True)).eval()
 
     @property
     def width(self) -> int:

@@ -72,7 +72,7 @@ def optimize(
     quantize_method: str | None = None,
     calibration: str | Path | None = None,
     prune: float | None = None,
-    fine_tune_epochs: int = 20,
+    fine_tune_epochs: int | None = None,
     distill: Mapping[str, Any] | None = None,
     data: str | Path | None = None,
     max_loss: float = 0.5,
@@ -86,7 +86,8 @@ def optimize(
         quantize_method: ``int8-dynamic`` or ``int8-static``.
         calibration: rows for static quantization (default: the Bundle's reference sample).
         prune: the share (0–1) of each hidden layer's neurons to remove from an MLP.
-        fine_tune_epochs: at most this many epochs of fine-tuning after pruning (0: none).
+        fine_tune_epochs: at most this many epochs of fine-tuning after pruning (0: none;
+            default 20).
         distill: the student's settings, e.g. ``{"hidden": 32, "temperature": 4, "alpha": 0.7}``
             (``{}``: the defaults; see :class:`~tandem.optimize.retrain.DistillSpec`); the
             teacher is ``model``, whatever its family.
@@ -109,6 +110,8 @@ def optimize(
         )  # fmt: skip
     if quantize_method is not None and quantize_method not in METHODS:
         raise UsageError(f"unknown quantization '{quantize_method}': choose {', '.join(METHODS)}")
+    if fine_tune_epochs is not None and prune is None:
+        raise UsageError("--fine-tune-epochs is how long --prune fine-tunes; it has no other use")
     if calibration is not None and quantize_method != "int8-static":
         raise UsageError("--calibration calibrates --quantize int8-static; it has no other use")
     if quantize_method is None:
@@ -128,13 +131,17 @@ def optimize(
                                  calibration=_calibration(predictor, bundle, calibration))  # fmt: skip
             else:
                 if spec is not None:
-                    technique, retrained = spec.label, retrain.distill(bundle, spec)
+                    technique = spec.label(bundle.manifest.task)
+                    retrained = retrain.distill(bundle, spec)
                 else:
                     assert prune is not None
                     technique = f"prune {prune:.0%}"
-                    retrained = retrain.prune(bundle, prune, epochs=fine_tune_epochs)
+                    epochs = 20 if fine_tune_epochs is None else fine_tune_epochs
+                    retrained = retrain.prune(bundle, prune, epochs=epochs)
                 graph = retrained.graph
-            report = _gate(bundle, graph, technique, data, max_loss, rounds)
+            holdout = retrained.test if retrained is not None and data is None else None
+            report = _gate(bundle, graph, technique, holdout or _holdout(bundle, data), max_loss,
+                           rounds)  # fmt: skip
         done = retrained.details if retrained is not None else {}
         details: dict[str, Any] = {"technique": technique, "from": source.ref,
                                    "report": report.to_json()}  # fmt: skip
@@ -151,13 +158,14 @@ def optimize(
 
 
 def _gate(
-    bundle: Bundle, graph: bytes, technique: str, data: str | Path | None, max_loss: float,
-    rounds: int,
+    bundle: Bundle, graph: bytes, technique: str, holdout: tuple[Any, np.ndarray],
+    max_loss: float, rounds: int,
 ) -> GateReport:  # fmt: skip
-    """Measure ``graph`` against the Bundle's own, and judge it."""
+    """Measure ``graph`` against the Bundle's own on the ``holdout`` (columns, targets), and
+    judge it."""
     manifest = bundle.manifest
     predictor = Predictor(bundle, threads=1)
-    columns, y = _holdout(bundle, data)
+    columns, y = holdout
     feed = predictor.encode(predictor.preprocess(columns))
     n = len(y)
     if n == 0:
@@ -256,7 +264,7 @@ def _writer(
     family = manifest.family
     if retrained is not None:  # a new network: describe it, and profile its outputs for drift
         family = retrained.family.name
-        extra.update(model=retrained.family.describe(),
+        extra.update(model=retrained.described,
                      reference_outputs=retrained.reference_outputs)  # fmt: skip
 
     def write(directory: Path, version: int) -> VersionRecord:

@@ -40,10 +40,16 @@ from tandem.bundle.store import Bundle
 from tandem.data.profile import output_profile
 from tandem.errors import ConfigError, UsageError
 from tandem.inference.predictor import Predictor
-from tandem.models.mlp import MLP, evaluator, network, network_from_graph, objective
+from tandem.models.mlp import (
+    MLP,
+    check_monitor,
+    evaluator,
+    network,
+    network_from_graph,
+    objective,
+)
 from tandem.monitoring.predictions import output_columns
 from tandem.training.loop import LoopConfig, fit_torch
-from tandem.training.metrics import metric_names
 from tandem.training.train import Rebuilt, freeze, rebuild
 
 __all__ = ["DistillSpec", "Retrained", "distill", "prune"]
@@ -56,9 +62,13 @@ class Retrained:
 
     graph: bytes
     family: MLP
+    #: the family's description, for the manifest (computed before anything is recorded)
+    described: dict[str, Any]
     reference_outputs: dict[str, Any]
     details: dict[str, Any]
     rows: int
+    #: the rebuilt test split (columns, targets): the gate's default holdout
+    test: tuple[dict[str, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,13 +95,18 @@ class DistillSpec:
                 f"--distill has no setting(s) {unknown}: it takes {', '.join(known)} "
                 "(e.g. --distill hidden=32,temperature=4,alpha=0.7)"
             )
+        for key in ("temperature", "alpha", "dropout"):
+            value = settings.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"--distill {key} must be a number; got {value!r}")
+        hidden = settings.get("hidden", 1)
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise UsageError(f"--distill hidden must be a whole number >= 1; got {hidden!r}")
         try:
             loop = LoopConfig(**{k: v for k, v in settings.items() if k not in own})
             spec = cls(**{k: v for k, v in settings.items() if k in own}, loop=loop)
         except (TypeError, ValueError, ConfigError) as exc:
             raise UsageError(f"--distill: {exc}") from exc
-        if not (isinstance(spec.hidden, int) and spec.hidden >= 1):
-            raise UsageError(f"--distill hidden must be a whole number >= 1; got {spec.hidden!r}")
         if not 0 <= spec.alpha <= 1:
             raise UsageError(f"--distill alpha weighs the teacher in [0, 1]; got {spec.alpha}")
         if not spec.temperature > 0:
@@ -100,11 +115,11 @@ class DistillSpec:
             raise UsageError(f"--distill dropout must be in [0, 1); got {spec.dropout}")
         return spec
 
-    @property
-    def label(self) -> str:
-        return (
-            f"distill (mlp {self.hidden}×{self.hidden}, T={self.temperature:g}, α={self.alpha:g})"
-        )
+    def label(self, task: str) -> str:
+        """How the candidate is named (tag, description); the temperature softens classes
+        only, so a regression's label leaves it out."""
+        softened = f"T={self.temperature:g}, " if task == "classification" else ""
+        return f"distill (mlp {self.hidden}×{self.hidden}, {softened}α={self.alpha:g})"
 
 
 def prune(bundle: Bundle, amount: float, *, epochs: int = 20) -> Retrained:
@@ -123,15 +138,26 @@ def prune(bundle: Bundle, amount: float, *, epochs: int = 20) -> Retrained:
         raise UsageError(f"fine-tuning epochs must be >= 0; got {epochs}")
     described = manifest.details.get("model", {})
     dropout = float(described.get("dropout", 0.0))
-    net = network_from_graph(onnx.load_from_string(bundle.graph), dropout)
+    made = manifest.details.get("optimization", {})
+    if str(made.get("technique", "")).startswith("int8"):
+        raise UsageError(
+            f"{ref} is int8 ({made['technique']} of {made.get('from')}): prune the float "
+            f"version {made.get('from')}, then quantize what pruning registers"
+        )
+    try:
+        net = network_from_graph(onnx.load_from_string(bundle.graph), dropout)
+    except ValueError as exc:
+        raise UsageError(
+            f"cannot prune {ref}: {exc}; retrain it with this tandem version"
+        ) from None
     data = rebuild(manifest, "pruning fine-tunes on them; retrain, then prune the new version")
-    if next(iter(net.parameters())).shape[1] != data.X["train"].shape[1]:
-        raise UsageError(f"{ref}'s network does not take its own preprocessed features")
     small, kept = _remove_neurons(net, amount)
     loss, targets, mean, std = objective(manifest.task, data.y["train"], data.y["validation"])
     trained = LoopConfig(**described.get("loop", {}))
+    # a tenth of the learning rate, decaying; patience scaled to the shorter run
     config = dataclasses.replace(trained, max_epochs=max(1, epochs), warmup_epochs=0,
-                                 lr=trained.lr / 10)  # fmt: skip
+                                 lr=trained.lr / 10,
+                                 patience=min(trained.patience, max(3, epochs // 4)))  # fmt: skip
     history = []
     if epochs:
         history = fit_torch(
@@ -151,11 +177,10 @@ def distill(bundle: Bundle, spec: DistillSpec) -> Retrained:
     """Train a small MLP on ``bundle``'s outputs (the teacher) and the true targets."""
     manifest = bundle.manifest
     task = manifest.task
-    monitors = ["val_loss", *metric_names(task, len(manifest.classes))]
-    if spec.loop.monitor not in monitors:
-        raise UsageError(
-            f"--distill cannot monitor '{spec.loop.monitor}' for {task}: choose {', '.join(monitors)}"
-        )
+    try:
+        check_monitor(spec.loop, task, len(manifest.classes))
+    except ConfigError as exc:
+        raise UsageError(f"--distill: {exc}") from None
     data = rebuild(manifest, "distillation trains the student on them")
     teacher = Predictor(bundle)
     taught = {k: teacher.forward(teacher.encode(teacher.preprocess(data.columns[k])))
@@ -247,4 +272,5 @@ def _retrained(bundle: Bundle, data: Rebuilt, family: MLP, details: dict[str, An
     outputs = output_profile(
         output_columns(manifest.task, manifest.classes, family.predict(data.X["validation"]))
     )
-    return Retrained(graph, family, outputs, details, len(data.y["train"]))
+    return Retrained(graph, family, family.describe(), outputs, details, len(data.y["train"]),
+                     (data.columns["test"], data.y["test"]))  # fmt: skip

@@ -347,11 +347,8 @@ def train(
         table, source = _as_table(data)
         prep = _prepare(table, target, task, ignore)
         split = _split(prep, seed)
-        rows_of = {"train": split.train, "validation": split.validation, "test": split.test}
-        parts = {k: {c: v[i] for c, v in prep.columns.items()} for k, i in rows_of.items()}
-        ys = {k: prep.y[i] for k, i in rows_of.items()}
-        pre = Preprocessor(prep.specs).fit(parts["train"])
-        X = {k: pre.transform(v) for k, v in parts.items()}
+        data = _materialize(prep, split)
+        pre, parts, X, ys = data.preprocessor, data.columns, data.X, data.y
         recipe = {
             "target": target, "task": prep.task, "model": model, "time_budget": time_budget,
             "seed": seed, "ignore": list(ignore), "params": dict(params or {}),
@@ -474,15 +471,21 @@ class Rebuilt:
 def rebuild(manifest: Manifest, why: str) -> Rebuilt:
     """Everything a retraining step (pruning's fine-tuning, distillation) needs of a version's
     data, rebuilt from its recipe; ``why`` ends the error raised when that cannot be done."""
-    prep, split = _recipe_data(manifest, why)
+    data = _materialize(*_recipe_data(manifest, why))
+    if json.loads(json.dumps(data.preprocessor.state())) != manifest.details.get("preprocessing"):
+        raise DataError(
+            f"the preprocessing refitted on {manifest.name}:{manifest.version}'s training rows "
+            "differs from the one it froze (trained by another tandem version?): retrain it "
+            "with this one first"
+        )
+    return data
+
+
+def _materialize(prep: _Prepared, split: Split) -> Rebuilt:
+    """The splits' columns and targets, and the preprocessor fitted on the train split."""
     rows_of = {"train": split.train, "validation": split.validation, "test": split.test}
     columns = {k: {c: v[i] for c, v in prep.columns.items()} for k, i in rows_of.items()}
     pre = Preprocessor(prep.specs).fit(columns["train"])
-    if json.loads(json.dumps(pre.state())) != manifest.details.get("preprocessing"):
-        raise DataError(
-            f"the preprocessing refitted on {manifest.name}:{manifest.version}'s training rows "
-            f"differs from the one it froze (a different tandem version?): {why}"
-        )
     return Rebuilt(
         pre,
         columns,
