@@ -709,6 +709,13 @@ def advise(
         str | None,
         typer.Option(help="Server processes to try (default: 1, 2, 4… up to the cores)."),
     ] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A variant to try (repeatable): fp32, or the technique of a version tandem "
+            "optimize registered from this one (default: every one there is)."
+        ),
+    ] = None,
     rows_per_request: Annotated[int, typer.Option(help="Rows in each request.")] = 1,
     window_s: Annotated[
         float, typer.Option(help="Seconds per measuring window (3 must agree within 10%).")
@@ -742,6 +749,8 @@ def advise(
     grid["threads"] = parse_list("--threads", threads, grid["threads"])
     grid["max_batch"] = parse_list("--max-batch", max_batch, grid["max_batch"])
     grid["processes"] = parse_list("--processes", processes, grid["processes"])
+    if variant:
+        grid["variant"] = list(variant)
     seen = 0
 
     def progress(point: Any) -> None:

@@ -22,6 +22,7 @@ from tandem.ledger.advise import (
     _chain,
     cheapest,
     confirm,
+    optimized_variants,
     pareto,
     settled,
     sweep,
@@ -124,6 +125,22 @@ def test_each_walk_starts_from_the_best_of_the_last() -> None:
         Config(threads=2, max_batch=128),
         Config(threads=2, max_batch=32, processes=2), Config(threads=2, max_batch=32, processes=4),
     ]  # fmt: skip
+
+
+def test_every_variant_is_tried_and_the_best_goes_on() -> None:
+    # int8 gains under 5 % over fp32, yet the pruned variant after it is tried, and wins
+    capacity = {Config(): 100.0, Config("int8-dynamic"): 102.0, Config("prune 50%"): 300.0,
+                Config("prune 50%", threads=2): 310.0}  # fmt: skip
+    measured: list[Config] = []
+
+    def measure(c: Config) -> Point:
+        measured.append(c)
+        return Point(c, phase(capacity[c]), phase(100.0), 100.0, 10.0)
+
+    grid = {"variant": ["fp32", "int8-dynamic", "prune 50%"], "threads": [1, 2]}
+    sweep(measure, grid)
+    assert measured == [Config(), Config("int8-dynamic"), Config("prune 50%"),
+                        Config("prune 50%", threads=2)]  # fmt: skip
 
 
 def _differ(a: Config, b: Config) -> int:
@@ -266,6 +283,60 @@ def test_advise_measures_real_servers_and_recommends_the_cheapest(models_home: P
     assert _serving_processes(models_home) == []
     with Registry(Settings(home=models_home)) as reg:
         assert reg.runs("num", 1, phase="serve") == []
+
+
+def _register_optimized(home: Path, ref: str, technique: str) -> str:
+    """A version registered as ``tandem optimize`` would, from ``ref`` (same graph: what is
+    tested here is which version each variant serves)."""
+    from tandem.bundle import write_bundle
+    from tandem.bundle.store import load_bundle
+    from tandem.registry import VersionRecord
+
+    with Registry(Settings(home=home)) as reg:
+        source = reg.get(ref)
+        bundle = load_bundle(source.path)
+
+        def write(directory: Path, version: int) -> VersionRecord:
+            manifest = replace(bundle.manifest, version=version)
+            digest = write_bundle(directory, manifest, bundle.graph, dict(bundle.extras))
+            return VersionRecord(digest=digest, task=manifest.task, family=manifest.family,
+                                 metrics=source.metrics, data_fingerprint=source.data_fingerprint,
+                                 parent_version=source.version,
+                                 tags={"optimized": technique})  # fmt: skip
+
+        return reg.register(source.name, write).ref
+
+
+def test_variants_are_the_versions_optimized_from_this_one(models_home: Path) -> None:
+    first = _register_optimized(models_home, "num:1", "int8-dynamic")
+    newer = _register_optimized(models_home, "num:1", "int8-dynamic")
+    pruned = _register_optimized(models_home, "num:1", "prune 50%")
+    _register_optimized(models_home, pruned, "int8-dynamic")  # of the pruned one, not num:1
+    with Registry(Settings(home=models_home)) as reg:
+        variants = optimized_variants(reg, reg.get("num:1"))
+    assert first != newer
+    assert variants == {"fp32": "num:1", "int8-dynamic": newer, "prune 50%": pruned}
+
+
+@pytest.mark.slow
+def test_advise_serves_each_variant_from_its_own_version(models_home: Path) -> None:
+    int8 = _register_optimized(models_home, "num:1", "int8-dynamic")
+    done = advise_cli(
+        models_home, "num:1", "--p99-ms", "250", "--rps", "40", "--threads", "1",
+        "--max-batch", "0", "--processes", "1", "--window-s", "0.4", "--max-windows", "8",
+        "--confirm-rounds", "0", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    advice = json.loads(done.stdout)
+    assert advice["variants"] == {"fp32": "num:1", "int8-dynamic": int8}
+    assert {p["config"]["variant"] for p in advice["points"]} == {"fp32", "int8-dynamic"}
+    assert any(int8 in note for note in advice["notes"])
+    with Registry(Settings(home=models_home)) as reg:  # the sweep's load is not booked
+        assert reg.runs("num", int(int8.split(":")[1]), phase="serve") == []
+    bad = advise_cli(models_home, "num:1", "--p99-ms", "10", "--rps", "5", "--variant", "int4",
+                     timeout=60)  # fmt: skip
+    assert bad.returncode == 2, bad.stderr
+    assert "num:1 has no variant 'int4'" in " ".join(bad.stderr.split()), bad.stderr
 
 
 @pytest.mark.slow

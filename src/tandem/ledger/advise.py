@@ -1,8 +1,9 @@
 """``tandem advise``: how to serve a model within a latency objective at the least cost,
 measured on this machine, and which hardware each phase should run on.
 
-A *configuration* is a runtime variant of the Bundle, ONNX Runtime intra-op threads, the
-largest batch, and the number of server processes. Each configuration is measured by starting
+A *configuration* is a variant of the model (``fp32``, the version itself, or one that
+``tandem optimize`` registered from it: int8, pruned, distilled), ONNX Runtime intra-op
+threads, the largest batch, and the number of server processes. Each configuration is measured by starting
 a real ``tandem serve`` with it and loading it with :mod:`tandem.serving.loadgen` from a
 second process, in two phases:
 
@@ -18,9 +19,9 @@ clock's resolution too, 2 ticks, which is coarser at a few percent of a core); a
 never settles is reported ``unstable`` and its last three windows are used.
 
 The sweep walks one dimension at a time from the defaults (variant, then threads, max batch,
-processes), keeping the best value of each for the next, and stops walking a dimension once a
-step gains less than 5% capacity: a machine with 2 cores is not tried with 8 processes when 2
-did not help. Every configuration measured enters the table; its cost is priced as the ledger
+processes), keeping the best value of each for the next; every variant is tried, and a
+numeric dimension stops once a step gains less than 5% capacity: a machine with 2 cores is
+not tried with 8 processes when 2 did not help. Every configuration measured enters the table; its cost is priced as the ledger
 prices everything (:func:`tandem.ledger.cost.cost_of`): the server processes' CPU time and
 energy over the measured windows, per million predictions at the target rate.
 """
@@ -104,8 +105,7 @@ class Config:
         )
 
     def serve_args(self) -> list[str]:
-        if self.variant != "fp32":  # the only runtime variant of a Bundle so far
-            raise UsageError(f"no '{self.variant}' variant of this model exists; try fp32")
+        """The ``tandem serve`` options of everything but the variant (which is a version)."""
         args = ["--threads", str(self.threads), "--processes", str(self.processes)]
         return args + (["--max-batch", str(self.max_batch)] if self.max_batch else [])
 
@@ -218,7 +218,8 @@ def sweep(
         for value in chain:
             point = get(replace(best, **{dim: value}))
             if (
-                previous is not None
+                dim != "variant"  # variants are not steps of a walk: each is tried
+                and previous is not None
                 and point.capacity.goodput < (1 + GAIN) * previous.capacity.goodput
             ):
                 break
@@ -397,6 +398,8 @@ class Sweep:
         rows: predictions per request.
         window_s / max_windows: the stability rule's window, and when a phase gives up.
         env: the environment of the server processes (``TANDEM_HOME`` among it).
+        variants: the version each variant serves (see :func:`optimized_variants`); a
+            variant not named here serves ``ref``.
     """
 
     ref: str
@@ -408,6 +411,7 @@ class Sweep:
     window_s: float = 1.0
     max_windows: int = 10
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    variants: dict[str, str] = field(default_factory=dict)
     _body_file: Path | None = None
 
     def close(self) -> None:
@@ -448,7 +452,8 @@ class Sweep:
     def _server(self, config: Config) -> Iterator[tuple[int, int]]:
         from tandem.serving.loadtest import announced_port
 
-        command = [sys.executable, "-c", "from tandem.cli import main; main()", "serve", self.ref,
+        ref = self.variants.get(config.variant, self.ref)
+        command = [sys.executable, "-c", "from tandem.cli import main; main()", "serve", ref,
                    "--port", "0", "--ledger-interval", "0", "--log-sample", "0", "--poll-s", "0",
                    *config.serve_args()]  # fmt: skip
         proc = subprocess.Popen(
@@ -615,6 +620,8 @@ class Advice:
     best: Point | None
     hardware: dict[str, Any]
     notes: list[str]
+    #: the version each variant served
+    variants: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def point(p: Point, i: int) -> dict[str, Any]:
@@ -639,6 +646,7 @@ class Advice:
             "best": None if self.best is None else self.points.index(self.best),
             "hardware": self.hardware,
             "notes": self.notes,
+            "variants": self.variants,
         }
 
 
@@ -646,7 +654,19 @@ def default_grid(cores: int) -> dict[str, list[Any]]:
     """Powers of two up to the cores (and the cores), for threads and processes; the learnt
     batch size and 8, 32, 128 rows."""
     steps = sorted({2**i for i in range(8) if 2**i <= cores} | {cores})
-    return {"variant": ["fp32"], "threads": steps, "max_batch": [0, 8, 32, 128], "processes": steps}
+    return {"threads": steps, "max_batch": [0, 8, 32, 128], "processes": steps}
+
+
+def optimized_variants(registry: Registry, version: ModelVersion) -> dict[str, str]:
+    """The ways to serve ``version``: ``fp32`` (itself) and, by technique, the versions
+    ``tandem optimize`` registered from it (the newest of each), which passed its gate: faster
+    at batch 1 and 256 here, within its ``--max-loss`` of the metric."""
+    variants = {"fp32": version.ref}
+    for other in sorted(registry.list_versions(version.name), key=lambda v: v.version):
+        technique = other.tags.get("optimized")
+        if technique and other.parent_version == version.version:
+            variants[technique] = other.ref  # in version order: the newest wins
+    return variants
 
 
 def advise(
@@ -685,18 +705,31 @@ def advise(
     graph_cost(bundle.graph)  # a graph that cannot be counted fails now, not after the sweep
     body = orjson.dumps({"dataframe_records": [bundle.manifest.example_row()] * rows_per_request})
     env = dict(os.environ) | {"TANDEM_HOME": str(registry.settings.home.absolute())}
+    cores = usable_cores()
+    variants = optimized_variants(registry, version)
+    grid = dict(grid or default_grid(cores))
+    grid.setdefault("variant", list(variants))
+    unknown = [v for v in grid["variant"] if v not in variants]
+    if unknown:
+        raise UsageError(
+            f"{version.ref} has no variant {', '.join(map(repr, unknown))}: it has "
+            f"{', '.join(variants)} (tandem optimize {version.ref} registers more)"
+        )
+    variants = {v: variants[v] for v in ["fp32", *grid["variant"]] if v in variants}
     bench = Sweep(
         f"{version.name}:{version.version}", rps, slo_p99_ms, body, rows_per_request, prices,
-        window_s=window_s, max_windows=max_windows, env=env,
+        window_s=window_s, max_windows=max_windows, env=env, variants=variants,
     )  # fmt: skip
-    notes = [
-        "fp32 is the only runtime variant of this version: no int8 (optimized) version of it "
-        "exists yet",
-        "the load generator runs on this machine too; its CPU is shown apart and not priced",
-    ]
-    cores = usable_cores()
+    notes = ["the load generator runs on this machine too; its CPU is shown apart and not priced"]
+    if len(variants) == 1:
+        notes.insert(0, f"fp32 is the only variant tried: tandem optimize {version.ref} registers "
+                        "int8, pruned or distilled versions that advise then compares")  # fmt: skip
+    else:
+        notes.insert(0, "variants are versions tandem optimize registered from this one, each "
+                        "within its gate's loss of the metric: "
+                        + ", ".join(f"{k} = {v}" for k, v in variants.items()))  # fmt: skip
     try:
-        points = sweep(bench.measure, grid or default_grid(cores), on_point=on_point)
+        points = sweep(bench.measure, grid, on_point=on_point)
         points = confirm(bench.measure, points, rounds=confirm_rounds, on_point=on_point)
     finally:
         bench.close()
@@ -711,12 +744,16 @@ def advise(
             f"(figures from their last {SETTLED_WINDOWS}): " + "; ".join(unstable)
         )
     best = cheapest(points)
+    if best is not None and best.config.variant != "fp32":
+        notes.insert(0, f"the best configuration serves {variants[best.config.variant]} "
+                        f"({best.config.variant} of {version.ref})")  # fmt: skip
     hardware = _hardware(registry, version, bundle.graph, points, best, rps * rows_per_request,
                          slo_p99_ms, prices, devices, cores)  # fmt: skip
     return Advice(
         name=version.name, version=version.version, rps=rps, slo_p99_ms=slo_p99_ms,
         rows_per_request=rows_per_request, currency=prices.currency, machine=host(),
         points=points, front=pareto(points), best=best, hardware=hardware, notes=notes,
+        variants=variants,
     )  # fmt: skip
 
 
