@@ -32,6 +32,13 @@ def test_two_ray_workers_reach_the_single_process_metric(home: Path) -> None:
         two = train(_table(), target="y", name="two", model="mlp", params=params,
                     registry=registry, torch=TorchOptions(engine="ray", workers=2))  # fmt: skip
     single, parallel = one.version.metrics, two.version.metrics
+    # the ledger counts the workers' CPU, though they are not this process's children: at
+    # least half of one worker's busy epochs (two workers ran them)
+    profile, epochs = two.profile, two.pipeline.family.describe()["history"]  # type: ignore[attr-defined]
+    assert "Ray Train workers" in profile.source
+    assert 0.5 * sum(e["seconds"] for e in epochs) < profile.cpu_elsewhere_seconds
+    assert profile.cpu_elsewhere_seconds < profile.cpu_seconds
+    assert one.profile.cpu_elsewhere_seconds == 0
     assert parallel["roc_auc"] == pytest.approx(single["roc_auc"], abs=0.02)
     assert parallel["accuracy"] == pytest.approx(single["accuracy"], abs=0.03)
     assert parallel["roc_auc"] > 0.9  # it learned, on both workers' shares

@@ -8,6 +8,7 @@ coefficient (which the user may change later) made of it. Every figure says wher
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 from tandem.ledger.energy import Rapl, busy_cpu_seconds, gpus, rapl
 
-__all__ = ["Meter", "Profile"]
+__all__ = ["Meter", "Profile", "add_cpu_elsewhere"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Profile:
         gpu_energy_j: those GPUs' energy from NVML; None without a counter (or a GPU).
         gpus: the names of the GPUs held.
         energy_source: how the measured energies were obtained ("" when none was).
+        cpu_elsewhere_seconds: the part of ``cpu_seconds`` spent by other processes on this
+            one's behalf (Ray Train workers), as they reported it.
     """
 
     wall_seconds: float
@@ -50,6 +53,7 @@ class Profile:
     gpu_energy_j: float | None = None
     gpus: tuple[str, ...] = ()
     energy_source: str = ""
+    cpu_elsewhere_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self) | {"gpus": list(self.gpus)}
@@ -108,8 +112,11 @@ class Meter:
     def __init__(self, *, counters: Rapl | None = None) -> None:
         #: the RAPL zones to read (default: this machine's)
         self._rapl = counters if counters is not None else rapl()
+        self._elsewhere_cpu = 0.0
+        self._elsewhere: list[str] = []
 
     def __enter__(self) -> Meter:
+        _RUNNING.append(self)
         self._gpus = gpus()
         self._rapl0 = self._rapl.read()
         self._busy0 = busy_cpu_seconds() if self._rapl0 is not None else None
@@ -124,6 +131,8 @@ class Meter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        with contextlib.suppress(ValueError):
+            _RUNNING.remove(self)
         self.profile = self.read()
 
     def lap(self) -> tuple[float, float]:
@@ -157,10 +166,28 @@ class Meter:
             if held and len(deltas) == len(held):
                 gpu_j = sum(deltas) / 1e3
                 sources.append("NVML device energy counters (whole devices)")
+        source = "getrusage; memory VmHWM"
+        if self._elsewhere:  # energy stays this process's: workers may run on other machines
+            cpu += self._elsewhere_cpu
+            source += "; + CPU of " + ", ".join(self._elsewhere)
         return Profile(
-            wall, cpu, _peak_mb(), cpu_energy_j=cpu_j, gpu_seconds=gpu_seconds, gpu_energy_j=gpu_j,
+            wall, cpu, _peak_mb(), source, cpu_energy_j=cpu_j, gpu_seconds=gpu_seconds, gpu_energy_j=gpu_j,
             gpus=tuple(self._gpus.names[i] for i in held), energy_source="; ".join(sources),
+            cpu_elsewhere_seconds=self._elsewhere_cpu,
         )  # fmt: skip
+
+
+#: the meters running, outermost first (a phase inside a phase is counted by both)
+_RUNNING: list[Meter] = []
+
+
+def add_cpu_elsewhere(seconds: float, where: str) -> None:
+    """Count CPU time that processes outside this one spent on its behalf (Ray Train
+    workers, which are not its children) in every running meter; ``where`` says whose."""
+    for meter in _RUNNING:
+        meter._elsewhere_cpu += seconds
+        if where not in meter._elsewhere:
+            meter._elsewhere.append(where)
 
 
 def _proc_stat(pid: int | str) -> list[bytes] | None:

@@ -22,7 +22,7 @@ def run_record(phase: str, profile: Profile, rows: int, details: Mapping[str, An
     this machine's description added to ``details``."""
     measured = profile.to_json()
     energy = {k: measured[k] for k in ("cpu_energy_j", "gpu_seconds", "gpu_energy_j", "gpus",
-                                       "energy_source")}  # fmt: skip
+                                       "energy_source", "cpu_elsewhere_seconds")}  # fmt: skip
     return RunRecord(
         phase=phase, wall_seconds=profile.wall_seconds, cpu_seconds=profile.cpu_seconds,
         peak_rss_mb=profile.peak_rss_mb, rows=rows,

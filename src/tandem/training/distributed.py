@@ -10,7 +10,9 @@ averaged at every step, so the replicas stay identical; each evaluates the whole
 split, and they agree to stop (early stopping, deadline) together.
 
 Rank 0 hands the best weights and the epoch history back through a Ray Train checkpoint in a
-temporary folder, removed afterwards. Without ``--ray-address`` a local Ray instance is
+temporary folder, removed afterwards, with the CPU seconds all workers spent (summed over the
+process group): the workers are not the driver's children, so the run's meter is told of
+them (:func:`tandem.ledger.meter.add_cpu_elsewhere`) and the ledger prices them. Without ``--ray-address`` a local Ray instance is
 started for the run and stopped after it; with one, the run joins that cluster, whose
 workers on other machines need a shared ``storage_path`` (Ray's rule for multi-node
 checkpoints), given by ``TANDEM_RAY_STORAGE``.
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 
 from tandem.errors import ConfigError, TrainingError
+from tandem.ledger.meter import add_cpu_elsewhere
 from tandem.training.loop import EpochRecord, LoopConfig, TorchOptions, fit_torch, resolve_hardware
 
 __all__ = ["fit_ray"]
@@ -100,6 +103,7 @@ def fit_ray(
         if started_here:
             ray.shutdown()
     module.load_state_dict(saved["model"])
+    add_cpu_elsewhere(float(saved["cpu_seconds"]), f"{options.workers} Ray Train workers")
     history = [EpochRecord(**h) for h in saved["history"]]
     if on_epoch is not None:
         for h in history:
@@ -114,6 +118,7 @@ def _worker(job: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    cpu_started = time.process_time()  # this worker process, all its threads
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(1)  # one CPU per worker, as Ray reserved; more would oversubscribe
@@ -125,12 +130,17 @@ def _worker(job: dict[str, Any]) -> None:
         hardware=hardware, shard=(rank, world),
     )  # fmt: skip
     net = module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+    # the workers are not the driver's children, so its meter cannot see their CPU: sum it
+    spent = torch.tensor([time.process_time() - cpu_started], dtype=torch.float64)
+    if world > 1:
+        spent = spent.to(hardware.device)
+        torch.distributed.all_reduce(spent, op=torch.distributed.ReduceOp.SUM)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
             torch.save(
                 {"model": {k: v.cpu() for k, v in net.state_dict().items()},
-                 "history": [h.to_json() for h in history]},
+                 "history": [h.to_json() for h in history], "cpu_seconds": float(spent.item())},
                 Path(folder) / _STATE,
             )  # fmt: skip
             checkpoint = ray.train.Checkpoint.from_directory(folder)
