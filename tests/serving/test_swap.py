@@ -177,6 +177,25 @@ def test_the_server_follows_the_alias_under_load_without_a_failed_request(
             first.batcher.admit(1, time.monotonic() + 10)
 
 
+def test_the_ledger_books_each_version_what_it_served(models_home: Path) -> None:
+    # a long ledger interval: without the swap's own record, version 2 would be booked all
+    with running_server(["num@champion"], models_home, poll_s=0.1,
+                        ledger_interval_s=3600) as server:  # fmt: skip
+        port = server.port
+        for _ in range(7):
+            assert infer(port)[0] == 200
+        move_champion(models_home, 2)
+        wait_for(lambda: served_version(port) == ["2"], message="the switch to version 2")
+        for _ in range(5):
+            assert infer(port)[0] == 200
+    with tandem.Registry(tandem.Settings(home=models_home)) as registry:
+        first, second = (registry.runs("num", v, phase="serve") for v in (1, 2))
+    assert [r.details["kind"] for r in first] == ["startup", "swap"]
+    assert sum(r.details["requests"] for r in first) == 7 and first[-1].rows == 14
+    assert [r.details["kind"] for r in second] == ["interval"]  # the last, at stop
+    assert second[0].details["requests"] == 5 and second[0].rows == 10
+
+
 def test_a_pinned_version_does_not_follow(models_home: Path) -> None:
     with (
         running_server(["num:1"], models_home, poll_s=0.2) as pinned,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,9 @@ class ServedModel:
     threads: int | None = 1
     on_batch: Callable[[str], Callable[[int, float], None]] | None = None
     on_swap: Callable[[Runner], None] | None = None
+    #: awaited with the old runner once the new one is ready, before the switch (the cost
+    #: ledger closes the old version's interval there)
+    before_swap: Callable[[Runner], Awaitable[None]] | None = None
     runner: Runner | None = None
     _swapping: bool = field(default=False, repr=False)
     #: a version that would not load, and when to try it again
@@ -145,6 +148,8 @@ class ServedModel:
         runner = await loop.run_in_executor(
             None, lambda: load_runner(version, self.config, threads=self.threads, on_batch=hook)
         )
+        if self.runner is not None and self.before_swap is not None:
+            await self.before_swap(self.runner)
         old, self.runner = self.runner, runner
         if self.on_swap is not None:
             self.on_swap(runner)

@@ -149,6 +149,14 @@ class Server:
                           "max_batch": self.options.batching.max_batch, **self._settings},
                 whole_process=self._whole_process,
             )  # fmt: skip
+            usage = self.usage
+
+            async def close_interval(old: Any) -> None:
+                # what the old version served so far is its own, not the next one's
+                await usage.flush_soon("swap")
+
+            for m in self.models:
+                m.before_swap = close_interval
         if sock is not None:  # siblings share the socket: accept only once ready (in _load)
             self._sock = sock
         elif bind:

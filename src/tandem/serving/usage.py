@@ -5,8 +5,10 @@ Every ``interval_s`` one ``serve`` record per served model goes into the registr
 request): the figures come from the server's own Prometheus series, read as deltas, so the
 request path pays nothing for them. The process's CPU time and energy are split among the
 models by their share of compute time (batch seconds); a record of kind ``startup`` holds what
-loading and warming cost before the first request. A record that cannot be written is carried
-into the next interval, not lost.
+loading and warming cost before the first request. When a followed alias moves, the interval
+is closed (kind ``swap``) before the new version takes over, so the old version's work is
+recorded against it. A record that cannot be written is carried into the next interval, not
+lost.
 """
 
 from __future__ import annotations
