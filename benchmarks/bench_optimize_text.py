@@ -27,7 +27,6 @@ import contextlib
 import io
 import math
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ from torch import nn
 from _common import machine, text_table, write_json
 from tandem.data.split import split_indices
 from tandem.models.text import TextEncoder, export_text_model, tokenize, tokenizer
-from tandem.optimize.gate import measure_pair
+from tandem.optimize.gate import GateReport, measure_pair
 from tandem.optimize.quantize import cpu_features, has_vnni, quantize
 from tandem.training.loop import LoopConfig, fit_torch
 
@@ -112,20 +111,12 @@ def main() -> None:
         fp32, int8, single=single, batch=batch, evaluate=accuracy, output="y",
         rounds=args.rounds, round_s=1.0, batch_rows=BATCH,
     )  # fmt: skip
-    loss = 100 * (before.metrics["accuracy"] - after.metrics["accuracy"])
-    rows = [
-        ("size", f"{before.size_bytes / 2**20:.1f} MiB", f"{after.size_bytes / 2**20:.1f} MiB",
-         f"×{after.size_bytes / before.size_bytes:.2f}"),
-        ("p50 latency, 1 text", f"{before.p50_ms:.1f} ms", f"{after.p50_ms:.1f} ms",
-         f"×{latency:.2f}"),
-        (f"throughput, {BATCH} texts a call", f"{before.rows_per_s:.1f} texts/s",
-         f"{after.rows_per_s:.1f} texts/s", f"×{throughput:.2f}"),
-        ("accuracy (test)", f"{before.metrics['accuracy']:.4f}", f"{after.metrics['accuracy']:.4f}",
-         f"{-loss:+.2f} pt"),
-    ]  # fmt: skip
+    report = GateReport("int8-dynamic", "accuracy", 0.5, before, after, latency, throughput,
+                        cpu=features, batch_rows=BATCH)  # fmt: skip
+    loss = report.loss_points
     print(f"\nMiniLM-L6 + linear head, fp32 vs int8-dynamic, {args.rounds} alternating rounds, "
           "one intra-op thread")  # fmt: skip
-    print(text_table(["", "fp32", "int8", "change"], rows))
+    print(text_table(["", "fp32", "int8", "change"], report.rows()))
     print(f"TF-IDF + logistic regression, same split: {tfidf_acc:.4f}")
     print(
         f"CPU: {'VNNI' if has_vnni(features) else 'no VNNI: u8 × s8 products via AVX2, 7-bit weights'}"
@@ -134,9 +125,8 @@ def main() -> None:
     print(f"goal ≥ 1.5× faster (both) at ≤ 0.5 pt: {1 / latency:.2f}× at batch 1, "
           f"{throughput:.2f}× at batch {BATCH}, {loss:+.2f} pt lost: {'met' if goal else 'MISSED'}")  # fmt: skip
     path = write_json("bench_optimize_text", {
-        "machine": machine(), "args": vars(args), "cpu": features, "tfidf_accuracy": tfidf_acc,
-        "before": asdict(before), "after": asdict(after), "latency_ratio": latency,
-        "throughput_ratio": throughput, "loss_points": loss, "batch": BATCH,
+        "machine": machine(), "args": vars(args), "tfidf_accuracy": tfidf_acc,
+        **report.to_json(),
     })  # fmt: skip
     print(f"\nresults in {path}")
 

@@ -30,7 +30,15 @@ from tandem.training.loop import (
 )
 from tandem.training.metrics import metric_names, score
 
-__all__ = ["MLP", "check_monitor", "evaluator", "network", "network_from_graph", "objective"]
+__all__ = [
+    "MLP",
+    "check_monitor",
+    "evaluator",
+    "export_onnx",
+    "network",
+    "network_from_graph",
+    "objective",
+]
 
 
 class _Scored(nn.Module):
@@ -124,17 +132,9 @@ class MLP(Family):
         return np.asarray(out if self.task_ == "classification" else out[:, 0])
 
     def to_onnx(self, g: GraphBuilder, features: str) -> str:
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            # the TorchScript exporter is deprecated in favour of the dynamo one, which needs
-            # onnxscript; for a fixed MLP both give the same graph
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                self.scored_, (torch.zeros(1, self.n_features_, dtype=torch.float64),), buffer,  # type: ignore[arg-type]
-                input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-                opset_version=OPSET, dynamo=False,
-            )  # fmt: skip
-        (out,) = g.embed(onnx.load_from_string(buffer.getvalue()), {"x": features}, "mlp")
+        example = (torch.zeros(1, self.n_features_, dtype=torch.float64),)
+        graph = export_onnx(self.scored_, example, {"x": {0: "n"}}, ["y"])
+        (out,) = g.embed(onnx.load_from_string(graph), {"x": features}, "mlp")
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -150,6 +150,27 @@ class MLP(Family):
             "best_epoch": best,
             "history": [h.to_json() for h in self.history_],
         }
+
+
+def export_onnx(
+    module: nn.Module, example: tuple[torch.Tensor, ...], inputs: dict[str, dict[int, str]],
+    outputs: list[str],
+) -> bytes:  # fmt: skip
+    """``module`` as an ONNX graph at tandem's opset; ``inputs`` names the graph inputs (in
+    ``example``'s order) with their dynamic axes, and the outputs' first axis is dynamic."""
+    buffer = io.BytesIO()
+    axes = {**inputs, **{name: {0: "n"} for name in outputs}}
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript exporter is deprecated in favour of the dynamo one, which needs
+        # onnxscript; for these networks both give the same graph (and it notes BERT's
+        # control flow, which the export handles)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, example, buffer,  # type: ignore[arg-type]
+            input_names=list(inputs), output_names=outputs, dynamic_axes=axes,
+            opset_version=OPSET, dynamo=False,
+        )  # fmt: skip
+    return buffer.getvalue()
 
 
 def check_monitor(config: LoopConfig, task: Task, n_classes: int) -> None:

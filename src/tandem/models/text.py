@@ -11,9 +11,7 @@ imports no torch.
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tandem.bundle.graph import OPSET
 from tandem.errors import ConfigError
+from tandem.models.mlp import export_onnx
 
 __all__ = ["MAX_TOKENS", "TextEncoder", "encoder_folder", "export_text_model", "tokenize"]
 
@@ -110,14 +108,5 @@ def export_text_model(encoder: TextEncoder, head: nn.Module, *, classify: bool =
     """One ONNX graph: token ids and mask in, float64 probabilities (or values) out."""
     model = _TextModel(encoder, head, classify).eval()
     example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
-    buffer = io.BytesIO()
-    axes = {"input_ids": {0: "n", 1: "tokens"}, "attention_mask": {0: "n", 1: "tokens"},
-            "y": {0: "n"}}  # fmt: skip
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's notes on BERT's control flow
-        torch.onnx.export(
-            model, example, buffer,  # type: ignore[arg-type]
-            input_names=["input_ids", "attention_mask"],
-            output_names=["y"], dynamic_axes=axes, opset_version=OPSET, dynamo=False,
-        )  # fmt: skip
-    return buffer.getvalue()
+    tokens = {0: "n", 1: "tokens"}
+    return export_onnx(model, example, {"input_ids": tokens, "attention_mask": tokens}, ["y"])

@@ -53,11 +53,26 @@ class GateReport:
     #: median over rounds of after / before: p50 latency and rows/s
     latency_ratio: float
     throughput_ratio: float
-    reasons: list[str]
     #: rows whose predicted class differs between a 1-row call and a 256-row call (dynamic
     #: quantization's batch dependence); None for regression
     batch_dependent_rows: int | None = None
     cpu: dict[str, bool] = field(default_factory=dict)
+    #: rows in each throughput call
+    batch_rows: int = BATCH
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the candidate is refused (empty: it passed)."""
+        out = []
+        if self.latency_ratio >= 1:
+            out.append(f"not faster at batch 1: p50 ×{self.latency_ratio:.2f} of the original")
+        if self.throughput_ratio <= 1:
+            out.append(f"not faster at batch {self.batch_rows}: throughput "
+                       f"×{self.throughput_ratio:.2f} of the original")  # fmt: skip
+        if self.loss_points > self.max_loss:
+            out.append(f"loses {self.loss_points:.2f} points of {self.metric} "
+                       f"(at most {self.max_loss:g} allowed)")  # fmt: skip
+        return out
 
     @property
     def accepted(self) -> bool:
@@ -75,8 +90,8 @@ class GateReport:
              f"×{a.size_bytes / b.size_bytes:.2f}"),
             ("p50 latency, batch 1", f"{b.p50_ms:.3f} ms", f"{a.p50_ms:.3f} ms",
              f"×{self.latency_ratio:.2f}"),
-            (f"throughput, batch {BATCH}", f"{b.rows_per_s:,.0f} rows/s",
-             f"{a.rows_per_s:,.0f} rows/s", f"×{self.throughput_ratio:.2f}"),
+            (f"throughput, batch {self.batch_rows}", f"{_rate(b.rows_per_s)} rows/s",
+             f"{_rate(a.rows_per_s)} rows/s", f"×{self.throughput_ratio:.2f}"),
         ]  # fmt: skip
         for name in b.metrics:
             sign = "" if name != self.metric else f" ({-self.loss_points:+.2f} pt)"
@@ -85,7 +100,13 @@ class GateReport:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "accepted": self.accepted, "loss_points": self.loss_points}
+        return {**asdict(self), "reasons": self.reasons, "accepted": self.accepted,
+                "loss_points": self.loss_points}  # fmt: skip
+
+
+def _rate(rows_per_s: float) -> str:
+    # a large model's few rows a second keep a decimal
+    return f"{rows_per_s:,.0f}" if rows_per_s >= 100 else f"{rows_per_s:.1f}"
 
 
 def _timed(run: Callable[[], object], calls: int) -> list[float]:

@@ -162,7 +162,7 @@ def prune(bundle: Bundle, amount: float, *, epochs: int = 20) -> Retrained:
     if epochs:
         history = fit_torch(
             small, loss, (data.X["train"], targets[0], data.X["validation"], targets[1]),
-            config=config, seed=_seed(manifest.details), deadline=float("inf"),
+            config=config, seed=data.seed, deadline=float("inf"),
             evaluate=evaluator(manifest.task, data.y["validation"], mean, std),
         )  # fmt: skip
     family = MLP.frozen(small, task=manifest.task, y_mean=mean, y_std=std, dropout=dropout,
@@ -195,7 +195,7 @@ def distill(bundle: Bundle, spec: DistillSpec) -> Retrained:
     # one float32 target matrix per split: the true target, then the teacher's
     targets = [np.column_stack([t.astype(np.float32), soft[k].astype(np.float32)])
                for t, k in zip(truth, ("train", "validation"), strict=True)]  # fmt: skip
-    seed = _seed(manifest.details)
+    seed = data.seed
     torch.manual_seed(seed)
     student = network(data.X["train"].shape[1], [spec.hidden] * 2, outputs, spec.dropout)
     history = fit_torch(
@@ -259,10 +259,6 @@ def _distill_loss(task: str, spec: DistillSpec) -> Any:
         )
 
     return classes if task == "classification" else values
-
-
-def _seed(details: Mapping[str, Any]) -> int:
-    return int(details.get("recipe", {}).get("seed", 0))
 
 
 def _retrained(bundle: Bundle, data: Rebuilt, family: MLP, details: dict[str, Any]) -> Retrained:

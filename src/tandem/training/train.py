@@ -347,7 +347,7 @@ def train(
         table, source = _as_table(data)
         prep = _prepare(table, target, task, ignore)
         split = _split(prep, seed)
-        data = _materialize(prep, split)
+        data = _materialize(prep, split, seed)
         pre, parts, X, ys = data.preprocessor, data.columns, data.X, data.y
         recipe = {
             "target": target, "task": prep.task, "model": model, "time_budget": time_budget,
@@ -449,7 +449,8 @@ def test_split(manifest: Manifest) -> tuple[dict[str, np.ndarray], np.ndarray]:
     Raises:
         DataError: the file is gone or changed since (its fingerprint differs).
     """
-    prep, split = _recipe_data(manifest, "pass labeled rows with --data FILE")
+    prep, seed = _recipe_data(manifest, "pass labeled rows with --data FILE")
+    split = _split(prep, seed)
     return {c: v[split.test] for c, v in prep.columns.items()}, prep.y[split.test]
 
 
@@ -466,12 +467,15 @@ class Rebuilt:
     X: dict[str, np.ndarray]
     #: class codes into ``manifest.classes``, or values
     y: dict[str, np.ndarray]
+    #: the recipe's seed, which drew the split and seeded the models
+    seed: int
 
 
 def rebuild(manifest: Manifest, why: str) -> Rebuilt:
     """Everything a retraining step (pruning's fine-tuning, distillation) needs of a version's
     data, rebuilt from its recipe; ``why`` ends the error raised when that cannot be done."""
-    data = _materialize(*_recipe_data(manifest, why))
+    prep, seed = _recipe_data(manifest, why)
+    data = _materialize(prep, _split(prep, seed), seed)
     if json.loads(json.dumps(data.preprocessor.state())) != manifest.details.get("preprocessing"):
         raise DataError(
             f"the preprocessing refitted on {manifest.name}:{manifest.version}'s training rows "
@@ -481,7 +485,7 @@ def rebuild(manifest: Manifest, why: str) -> Rebuilt:
     return data
 
 
-def _materialize(prep: _Prepared, split: Split) -> Rebuilt:
+def _materialize(prep: _Prepared, split: Split, seed: int) -> Rebuilt:
     """The splits' columns and targets, and the preprocessor fitted on the train split."""
     rows_of = {"train": split.train, "validation": split.validation, "test": split.test}
     columns = {k: {c: v[i] for c, v in prep.columns.items()} for k, i in rows_of.items()}
@@ -491,11 +495,13 @@ def _materialize(prep: _Prepared, split: Split) -> Rebuilt:
         columns,
         {k: pre.transform(v) for k, v in columns.items()},
         {k: prep.y[i] for k, i in rows_of.items()},
+        seed,
     )
 
 
-def _recipe_data(manifest: Manifest, why: str) -> tuple[_Prepared, Split]:
-    """The version's data, prepared and split as in training, if its file is unchanged."""
+def _recipe_data(manifest: Manifest, why: str) -> tuple[_Prepared, int]:
+    """The version's data, prepared as in training if its file is unchanged, and the seed
+    that split it."""
     source = manifest.details.get("data", {}).get("source", "")
     recipe = manifest.details.get("recipe", {})
     ref = f"{manifest.name}:{manifest.version}"
@@ -508,7 +514,7 @@ def _recipe_data(manifest: Manifest, why: str) -> tuple[_Prepared, Split]:
         raise DataError(
             f"{source} changed since {ref} was trained on it (its fingerprint differs): {why}"
         )
-    return prep, _split(prep, recipe.get("seed", 0))
+    return prep, int(recipe.get("seed", 0))
 
 
 def _split(prep: _Prepared, seed: int) -> Split:
