@@ -122,10 +122,25 @@ def _key_values(pairs: list[str], option: str) -> dict[str, Any]:
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="CSV, Parquet or JSONL file, or a folder of parts.")],
-    target: Annotated[str, typer.Option(help="The column to predict.")],
     name: Annotated[str, typer.Option(help="Registry name of the model.")],
-    task: Annotated[str, typer.Option(help="auto, classification or regression.")] = "auto",
-    model: Annotated[str, typer.Option(help="auto, linear, gbdt or mlp.")] = "auto",
+    target: Annotated[
+        str | None,
+        typer.Option(help="The column to predict; leave it out to learn from the rows alone."),
+    ] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="auto, classification or regression; without --target clustering, "
+            "projection or anomaly."
+        ),
+    ] = "auto",
+    model: Annotated[
+        str,
+        typer.Option(
+            help="auto, linear, gbdt or mlp; without --target kmeans (the default), pca or "
+            "autoencoder."
+        ),
+    ] = "auto",
     time_budget: Annotated[
         float | None, typer.Option(help="Seconds for fitting, shared by the candidates.")
     ] = None,
@@ -290,7 +305,9 @@ def models_show(
     table.add_column("value")
     table.add_row("created", version.created_at.isoformat(timespec="seconds"))
     table.add_row(
-        "task / family", f"{version.task} / {version.family}  (target '{manifest.target}')"
+        "task / family",
+        f"{version.task} / {version.family}  "
+        + (f"(target '{manifest.target}')" if manifest.target else "(no target)"),
     )
     table.add_row("aliases", ", ".join(version.aliases) or "-")
     table.add_row("test metrics", ", ".join(f"{k} {v:.4f}" for k, v in version.metrics.items()))

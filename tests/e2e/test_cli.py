@@ -85,7 +85,7 @@ def test_train_list_show_promote_predict_delete(home: Path, data: Path, tmp_path
         (["predict", "ghost", "--input", "{data}"], "no model named 'ghost'"),
         (["predict", "ghost:x", "--input", "{data}"], "ghost:x"),
         (["promote", "ghost", "--alias", "champion"], "names no version"),
-        (["train", "{data}", "--name", "m"], "--target"),
+        (["train", "{data}", "--name", "m", "--task", "regression"], "--target"),
         (
             ["predict", "ghost", "--input", "{data}", "--output", "{tmp}/nodir/out.csv"],
             "does not exist",

@@ -32,7 +32,7 @@ from tandem.bundle.manifest import split_kinds
 from tandem.config import Settings
 from tandem.data.readers import FORMATS
 from tandem.errors import ConfigError, DataError, UsageError
-from tandem.inference.predictor import Predictor, prediction_columns
+from tandem.inference.predictor import Predictor
 from tandem.ledger.hardware import usable_cores
 from tandem.ledger.meter import Meter, Profile
 from tandem.ledger.records import run_record
@@ -229,7 +229,7 @@ def _plan(reg: Registry, ref: str, options: BatchOptions) -> _Plan:
     bundle = load_bundle(version.path, expected_digest=version.digest)
     manifest = bundle.manifest
     specs = list(manifest.inputs)
-    predicted = prediction_columns(manifest.classes)
+    predicted = manifest.outputs.columns
     keep = list(dict.fromkeys(options.keep))
     clash = [k for k in keep if k in predicted]
     if clash:
@@ -402,7 +402,10 @@ class _BatchLog:
 
     def __init__(self, plan: _Plan, scorer: Scorer, sample: float, settings: Settings) -> None:
         version = plan.version
-        self.layout = Layout.of(version.name, version.version, scorer.specs, scorer.outputs)
+        self.layout = Layout.of(
+            version.name, version.version, scorer.specs, scorer.outputs,
+            scorer.predictor.manifest.details.get("image", {}).get("channels", 0),
+        )  # fmt: skip
         self.specs = scorer.specs
         self.job_id = f"batch-{uuid.uuid4().hex[:12]}"
         self.rng = np.random.default_rng()
@@ -419,6 +422,10 @@ class _BatchLog:
 
     def close(self) -> None:
         self.log.close()
+
+
+#: decoded output columns that are not float64 (the label's type follows the classes)
+_OUTPUT_TYPES = {"cluster": pa.int64(), "anomaly": pa.bool_()}
 
 
 class Scorer:
@@ -454,7 +461,7 @@ class Scorer:
     def _type(self, name: str) -> pa.DataType:
         if name == "label" and self.label_type is not None:
             return self.label_type
-        return pa.float64()
+        return _OUTPUT_TYPES.get(name, pa.float64())
 
     def _predict(self, features: pa.Table) -> dict[str, np.ndarray]:
         n = features.num_rows

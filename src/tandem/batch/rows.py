@@ -12,6 +12,7 @@ What happens to bad rows is the job's ``--on-error`` policy (:mod:`tandem.batch.
 
 from __future__ import annotations
 
+import base64
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +79,13 @@ def check_types(specs: Sequence[ColumnSpec], schema: pa.Schema, where: str, *, t
         )
     for spec in specs:
         t = schema.field(spec.name).type
+        if spec.kind == "image":
+            if not (_bytes_type(t) or _text_type(t)):
+                raise SchemaError(
+                    f"{where}: column '{spec.name}' is of type {t}, but the model needs image "
+                    "file bytes there (binary, or base64 text)"
+                )
+            continue
         if spec.kind == "categorical":
             ok = _text_type(t) or numeric_arrow_type(t)
         else:
@@ -103,6 +111,9 @@ def check_rows(
     columns: dict[str, pa.Array | pa.ChunkedArray] = {}
     for spec in specs:
         values = batch.column(spec.name)
+        if spec.kind == "image":
+            columns[spec.name] = _readable_images(spec.name, values, bad)
+            continue
         if spec.kind != "categorical" and _text_type(values.type):
             values = _numbers_from_text(spec.name, values, bad)
         elif spec.kind == "categorical" and not (
@@ -114,6 +125,28 @@ def check_rows(
             )
         columns[spec.name] = values
     return Checked(columns, bad)
+
+
+def _bytes_type(t: pa.DataType) -> bool:
+    return bool(pa.types.is_binary(t) or pa.types.is_large_binary(t))
+
+
+def _readable_images(name: str, values: pa.Array, bad: dict[int, tuple[str, str, str]]) -> pa.Array:
+    """The column as given; rows whose value is not an image (by its header) go to ``bad``
+    and are replaced by an empty value (their predictions are dropped)."""
+    from tandem.data.images import blank_png, readable_image
+
+    items = values.to_pylist()
+    for i, value in enumerate(items):
+        why = readable_image(value, name, i)
+        if why is not None and i not in bad:
+            shown = value[:16] if isinstance(value, bytes | str) else value
+            bad[i] = (name, repr(shown), why)
+    if not any(i in bad for i in range(len(items))):
+        return values
+    png = blank_png()
+    blank = base64.b64encode(png).decode() if _text_type(values.type) else png
+    return pa.array([blank if i in bad else v for i, v in enumerate(items)], values.type)
 
 
 def _numbers_from_text(

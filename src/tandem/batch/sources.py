@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from tandem.data.images import image_files, image_table, is_image_folder
 from tandem.data.readers import FORMATS, check_unique_columns, detect_format
 from tandem.errors import DataError
 
@@ -32,6 +33,10 @@ __all__ = ["Chunk", "InputFile", "chunks", "done_by_file", "list_inputs", "read_
 
 #: how many bytes of a CSV or JSON Lines file the reader parses at a time
 BLOCK_BYTES = 8 << 20
+#: the format of an input that is a folder of images (see :mod:`tandem.data.images`)
+IMAGES = "images"
+#: images read at a time
+IMAGE_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -76,36 +81,45 @@ def list_inputs(paths: Sequence[str | Path]) -> list[InputFile]:
     folder's files sorted by name). One format for all of them."""
     if not paths:
         raise DataError("no --input given: name at least one CSV, Parquet or JSONL file or folder")
-    files: list[Path] = []
+    files: list[tuple[Path, str]] = []
     for given in paths:
         p = Path(given)
         if not p.exists():
             raise DataError(f"input '{p}' does not exist")
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in FORMATS)
+            if not found and is_image_folder(p):
+                files.append((p, IMAGES))
+                continue
             if not found:
-                raise DataError(f"input folder '{p}' holds no .csv, .parquet or .jsonl files")
-            files.extend(found)
+                raise DataError(
+                    f"input folder '{p}' holds no .csv, .parquet or .jsonl files, nor images"
+                )
+            files.extend((f, detect_format(f)) for f in found)
         else:
-            detect_format(p)
-            files.append(p)
+            files.append((p, detect_format(p)))
     seen: set[Path] = set()
-    for f in files:
+    for f, _ in files:
         if f.resolve() in seen:
             raise DataError(f"input '{f}' is given twice: each file is scored once")
         seen.add(f.resolve())
-    kinds = {detect_format(f) for f in files}
+    kinds = {fmt for _, fmt in files}
     if len(kinds) > 1:
         raise DataError(
             f"the inputs mix formats ({', '.join(sorted(kinds))}): give files of one format"
         )
-    out = []
-    for f in files:
-        stat = f.stat()
-        fmt = detect_format(f)
-        rows = _parquet_file(f).metadata.num_rows if fmt == "parquet" else None
-        out.append(InputFile(f.absolute(), fmt, stat.st_size, stat.st_mtime_ns, rows))
-    return out
+    return [_input_file(f, fmt) for f, fmt in files]
+
+
+def _input_file(path: Path, fmt: str) -> InputFile:
+    if fmt == IMAGES:  # an image folder is one input; its rows are its images in name order
+        images, _ = image_files(path)
+        stats = [f.stat() for f in images]
+        size, mtime = sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
+        return InputFile(path.absolute(), fmt, size, mtime, len(images))
+    stat = path.stat()
+    rows = _parquet_file(path).metadata.num_rows if fmt == "parquet" else None
+    return InputFile(path.absolute(), fmt, stat.st_size, stat.st_mtime_ns, rows)
 
 
 def read_schema(f: InputFile) -> pa.Schema:
@@ -113,6 +127,9 @@ def read_schema(f: InputFile) -> pa.Schema:
     JSON Lines: the first block)."""
     if f.format == "parquet":
         schema = _parquet_file(f.path).schema_arrow
+    elif f.format == IMAGES:
+        files, labelled = image_files(f.path)
+        schema = image_table(f.path, files[:0], labelled).schema
     elif f.format == "csv":
         with _open_csv(f.path, None) as reader:
             schema = reader.schema
@@ -177,6 +194,8 @@ def _stream(
     try:
         if f.format == "parquet":
             yield from _parquet_blocks(f.path, columns, skip_rows)
+        elif f.format == IMAGES:
+            yield from _image_blocks(f.path, columns, skip_rows)
         elif f.format == "csv":
             yield from _skip_rows(_csv_blocks(f.path, columns, text), skip_rows)
         else:
@@ -184,6 +203,14 @@ def _stream(
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read '{f.path}' as {f.format}: {first}") from exc
+
+
+def _image_blocks(root: Path, columns: Sequence[str], skip_rows: int) -> Iterator[Block]:
+    files, labelled = image_files(root)
+    for start in range(skip_rows, len(files), IMAGE_BLOCK):
+        part = files[start : start + IMAGE_BLOCK]
+        table = image_table(root, part, labelled).select(list(columns))
+        yield table.to_batches()[0], (), start + len(part)
 
 
 def _parquet_file(path: Path) -> pq.ParquetFile:

@@ -27,6 +27,7 @@ _TYPES = {
     "float": TensorProto.FLOAT,
     "string": TensorProto.STRING,
     "int64": TensorProto.INT64,
+    "uint8": TensorProto.UINT8,
 }
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from tandem.bundle.outputs import Outputs
 from tandem.data.schema import ColumnSpec, Task, without_infinities
 from tandem.errors import BundleError
 
@@ -72,7 +73,7 @@ def graph_feed(
 
 def split_kinds(inputs: Sequence[ColumnSpec]) -> tuple[list[ColumnSpec], list[ColumnSpec]]:
     """The signature's numeric (and boolean) columns and its categorical ones, in order."""
-    return [c for c in inputs if c.kind != "categorical"], [
+    return [c for c in inputs if c.kind in ("numeric", "boolean")], [
         c for c in inputs if c.kind == "categorical"
     ]
 
@@ -90,6 +91,8 @@ class Manifest:
     Attributes:
         inputs: the input signature, one typed column per graph input, in graph order.
         classes: class labels in the order of the probability columns (classification), else ().
+        width: centres (clustering) or components (projection) the graph outputs, else 0.
+        threshold: the anomaly score above which a row is an anomaly (anomaly), else None.
         files: every file of the Bundle besides the manifest, with its SHA-256 and size.
         details: metrics, data fingerprint, reference statistics, training profile, lineage.
     """
@@ -102,21 +105,47 @@ class Manifest:
     target: str
     inputs: tuple[ColumnSpec, ...]
     classes: tuple[Any, ...] = ()
+    width: int = 0
+    threshold: float | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def output(self) -> Literal["probabilities", "value"]:
-        """Name of the graph output: class probabilities, or a (n, 1) value for regression."""
-        return "probabilities" if self.task == "classification" else "value"
+    def outputs(self) -> Outputs:
+        """What the graph outputs and how it decodes (see :mod:`tandem.bundle.outputs`)."""
+        return Outputs(self.task, self.classes, self.width, self.threshold)
+
+    @property
+    def output(self) -> str:
+        """Name of the graph output: ``probabilities``, ``value``, ``distances``, ..."""
+        return self.outputs.graph_output
 
     def example_row(self) -> dict[str, Any]:
-        """A valid input row: 0.0 for numbers, the first known category for text (warm-up
-        calls, synthetic load)."""
-        return {
-            c.name: (c.categories[0] if c.categories else "") if c.kind == "categorical" else 0.0
-            for c in self.inputs
-        }
+        """A valid input row, as JSON carries it (warm-up calls, synthetic load): 0.0 for
+        numbers, the first known category for categories, a sentence for text, a grey PNG of
+        the model's input size (base64) for an image."""
+        return {c.name: self._example(c) for c in self.inputs}
+
+    def _example(self, column: ColumnSpec) -> Any:
+        if column.kind == "categorical":
+            return column.categories[0] if column.categories else ""
+        if column.kind == "text":
+            return "an example text of a few words"
+        if column.kind == "image":
+            import base64
+            import io
+
+            from PIL import Image
+
+            image = self.details.get("image", {})
+            height, width = image.get("size", (8, 8))
+            mode = "L" if image.get("channels", 1) == 1 else "RGB"
+            buffer = io.BytesIO()
+            Image.new(mode, (width, height), 128 if mode == "L" else (128, 128, 128)).save(
+                buffer, format="PNG"
+            )
+            return base64.b64encode(buffer.getvalue()).decode()
+        return 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,7 +158,7 @@ class Manifest:
             "family": self.family,
             "target": self.target,
             "inputs": [c.to_json() for c in self.inputs],
-            "outputs": {"name": self.output, "classes": list(self.classes)},
+            "outputs": self.outputs.to_json(),
             "files": {
                 k: {"sha256": v.sha256, "bytes": v.bytes} for k, v in sorted(self.files.items())
             },
@@ -168,6 +197,7 @@ class Manifest:
             "files",
         }
         try:
+            outputs = Outputs.from_json(obj["task"], obj["outputs"])
             return cls(
                 name=obj["name"],
                 version=int(obj["version"]),
@@ -176,7 +206,9 @@ class Manifest:
                 family=obj["family"],
                 target=obj["target"],
                 inputs=tuple(ColumnSpec.from_json(c) for c in obj["inputs"]),
-                classes=tuple(obj["outputs"]["classes"]),
+                classes=outputs.classes,
+                width=outputs.width,
+                threshold=outputs.threshold,
                 files={k: FileEntry(v["sha256"], int(v["bytes"])) for k, v in obj["files"].items()},
                 details={k: v for k, v in obj.items() if k not in known},
             )

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from tandem.errors import DataError, SchemaError
 
 __all__ = [
+    "SUPERVISED",
     "ColumnKind",
     "ColumnSpec",
     "Task",
@@ -32,8 +33,13 @@ __all__ = [
     "without_infinities",
 ]
 
-ColumnKind = Literal["numeric", "boolean", "categorical"]
-Task = Literal["classification", "regression"]
+#: ``image`` and ``text`` columns feed their own models (a CNN, a text encoder), one such
+#: column per model: see :mod:`tandem.data.images` and :mod:`tandem.models.text`
+ColumnKind = Literal["numeric", "boolean", "categorical", "image", "text"]
+#: what a model does: the supervised tasks learn a target; clustering, projection and anomaly
+#: learn the shape of unlabeled rows (see :mod:`tandem.bundle.outputs` for their outputs)
+Task = Literal["classification", "regression", "clustering", "projection", "anomaly"]
+SUPERVISED: tuple[Task, ...] = ("classification", "regression")
 
 #: integer columns with at most this many distinct values are treated as categories
 MAX_INT_CATEGORIES = 10
@@ -59,8 +65,11 @@ class ColumnSpec:
     categories: tuple[str, ...] = field(default=())
 
     @property
-    def onnx_type(self) -> Literal["double", "string"]:
-        return "string" if self.kind == "categorical" else "double"
+    def onnx_type(self) -> Literal["double", "string", "bytes"]:
+        """What the column holds as the model takes it (images: encoded file bytes)."""
+        if self.kind in ("categorical", "text"):
+            return "string"
+        return "bytes" if self.kind == "image" else "double"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "type": self.onnx_type}

@@ -21,7 +21,7 @@ import numpy as np
 
 from tandem.bundle.graph import GraphBuilder
 from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT, split_kinds
-from tandem.data.schema import ColumnSpec
+from tandem.data.schema import ColumnSpec, coerce_column
 
 __all__ = ["MAX_CATEGORIES", "Preprocessor"]
 
@@ -91,6 +91,11 @@ class Preprocessor:
         for c in self.categorical:
             names += [f"{c.name}={v}" for v in c.categories] + [f"{c.name}=__unknown__"]
         return names
+
+    def features(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """Raw columns (any container of values) coerced as the Predictor does, then
+        transformed: the model's input, in memory."""
+        return self.transform({c.name: coerce_column(c, columns[c.name]) for c in self.columns})
 
     def transform(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """Features of shape (n_rows, n_features), float64, in :attr:`feature_names` order."""

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from tandem.bundle import Bundle, Manifest
 from tandem.bundle.manifest import graph_feed, split_kinds
+from tandem.bundle.outputs import prediction_columns
 from tandem.data.schema import coerce_column, duplicated_names
 from tandem.errors import SchemaError
 from tandem.inference.runtime import make_session
@@ -27,12 +28,6 @@ from tandem.inference.runtime import make_session
 __all__ = ["Predictor", "prediction_columns"]
 
 Columns = Mapping[str, Any]
-
-
-def prediction_columns(classes: Sequence[Any]) -> list[str]:
-    """The columns a model predicts: ``label`` and a ``proba_<class>`` per class for a
-    classifier (``classes`` not empty), else ``prediction``."""
-    return ["label", *(f"proba_{c}" for c in classes)] if classes else ["prediction"]
 
 
 class Predictor:
@@ -53,8 +48,9 @@ class Predictor:
         self._names = [c.name for c in self.manifest.inputs]
         self._index = {name: j for j, name in enumerate(self._names)}
         self._numeric, self._categorical = split_kinds(self.manifest.inputs)
-        self._classes = np.asarray(self.manifest.classes) if self.manifest.classes else None
-        self.output_columns = prediction_columns(self.manifest.classes)
+        self._special = _special_encoder(self.manifest)
+        self._decoder = self.manifest.outputs
+        self.output_columns = self._decoder.columns
 
     @property
     def input_names(self) -> list[str]:
@@ -94,7 +90,11 @@ class Predictor:
 
     def encode(self, columns: Columns) -> dict[str, np.ndarray]:
         """The graph inputs: a (k, n) float64 matrix of the numeric columns and an (m, n)
-        string matrix of the categorical ones (see :func:`tandem.bundle.manifest.graph_feed`)."""
+        string matrix of the categorical ones (see :func:`tandem.bundle.manifest.graph_feed`);
+        for an image model the decoded pixels and their sizes
+        (:func:`tandem.data.images.image_feed`), for a text model token ids and mask."""
+        if self._special is not None:
+            return self._special(columns)
         if (
             isinstance(columns, _MatrixColumns)
             and not self._categorical
@@ -122,17 +122,14 @@ class Predictor:
             ) from None
 
     def forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        """Probabilities (n, n_classes) or values (n, 1), float64."""
+        """The graph's output, float64: probabilities (n, n_classes), values (n, 1), distances
+        to the centres, components or anomaly scores (see :mod:`tandem.bundle.outputs`)."""
         result: np.ndarray = self._session.run(self._outputs, feed)[0]
         return result
 
     def decode(self, output: np.ndarray) -> dict[str, np.ndarray]:
         """Output columns in :attr:`output_columns` order."""
-        if self._classes is None:
-            return {"prediction": output[:, 0]}
-        decoded = {"label": self._classes[output.argmax(axis=1)]}
-        decoded.update((name, output[:, i]) for i, name in enumerate(self.output_columns[1:]))
-        return decoded
+        return self._decoder.decode(output)
 
     def postprocess(self, decoded: dict[str, np.ndarray], rows: Any) -> Any:
         """Decoded columns in the container kind of ``rows``."""
@@ -168,6 +165,23 @@ class Predictor:
     def predict_columns(self, columns: Columns) -> dict[str, np.ndarray]:
         """The fast path: a dict of columns in, a dict of numpy columns out."""
         return self.decode(self.forward(self.encode(self.preprocess(columns))))
+
+
+def _special_encoder(manifest: Manifest) -> Callable[[Columns], dict[str, np.ndarray]] | None:
+    """The encode step of a model whose input is an image or a text, else None."""
+    kinds = {c.kind for c in manifest.inputs}
+    if "image" in kinds:
+        from tandem.data.images import IMAGE_FEED, decode_images, image_feed
+
+        (column,) = manifest.inputs
+        channels = int(manifest.details["image"]["channels"])
+
+        def encode_images(columns: Columns) -> dict[str, np.ndarray]:
+            pixels, sizes = image_feed(decode_images(columns[column.name], channels, column.name))
+            return dict(zip(IMAGE_FEED, (pixels, sizes), strict=True))
+
+        return encode_images
+    return None
 
 
 class _MatrixColumns(Mapping[str, np.ndarray]):

@@ -25,6 +25,7 @@ from tandem.training.loop import (
     EpochRecord,
     LoopConfig,
     TorchOptions,
+    best_epoch,
     fit_torch,
     resolve_hardware,
 )
@@ -138,16 +139,12 @@ class MLP(Family):
         return out
 
     def describe(self) -> dict[str, Any]:
-        values = [h.value(self.config.monitor) for h in self.history_]
-        best = None  # no epoch run: a pruned network kept without fine-tuning
-        if values:
-            best = int(np.argmin(values) if self.config.lower_is_better else np.argmax(values)) + 1
         return {
             "hidden": self.widths_,
             "dropout": self.dropout,
             "loop": dataclasses.asdict(self.config),
             "epochs": len(self.history_),
-            "best_epoch": best,
+            "best_epoch": best_epoch(self.history_, self.config),
             "history": [h.to_json() for h in self.history_],
         }
 

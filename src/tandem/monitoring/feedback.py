@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from tandem.bundle.store import load_bundle
 from tandem.config import Settings
 from tandem.data.readers import read_table
+from tandem.data.schema import SUPERVISED
 from tandem.errors import DataError
 from tandem.monitoring.predictions import REQUEST_ID, ROW, TIME, log_folder, read_log
 from tandem.registry import Registry
@@ -94,6 +95,11 @@ def add_labels(
     """
     version = registry.get(name)
     manifest = load_bundle(version.path, expected_digest=version.digest).manifest
+    if manifest.task not in SUPERVISED:
+        raise DataError(
+            f"{version.ref} is a {manifest.task} model: it predicts no label, so there is no "
+            "ground truth to join"
+        )
     table = read_table(labels)
     column = label_column or next(
         (c for c in (manifest.target, "label") if c in table.column_names), None

@@ -21,7 +21,7 @@ its threshold. Decay is reported beside it, not folded into it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tandem.bundle.manifest import REFERENCE_SAMPLE
+from tandem.bundle.manifest import REFERENCE_SAMPLE, Manifest
 from tandem.bundle.store import Bundle, load_bundle
+from tandem.data.images import (
+    IMAGE_STATISTICS,
+    decode_images,
+    image_statistics,
+    is_image_folder,
+    read_image_folder,
+)
 from tandem.data.readers import read_table
 from tandem.data.schema import coerce_column
 from tandem.errors import BundleError, DataError
@@ -119,21 +126,22 @@ def check(
         raise BundleError(f"{version.ref} has no reference statistics; retrain it to monitor it")
     notes: list[str] = []
     if current is not None:
-        table, source = read_table(current), str(current)
-        _need_inputs(table, manifest.inputs, source)
+        table = read_image_folder(current) if is_image_folder(current) else read_table(current)
+        source = str(current)
+        _need_inputs(table, [c.name for c in manifest.inputs], source)
         outputs = _run_model(bundle, table)
         truth = _truth(table, manifest.target, outputs)
     else:
         assert since is not None
         table = read_log(version.name, since=since_ago(since), settings=registry.settings)
         source = f"prediction log, last {_duration_text(since)} ({version.name})"
-        _need_inputs(table, manifest.inputs, source)
+        _need_inputs(table, _logged_inputs(manifest), source)
         mine = pc.equal(table.column(VERSION), version.version)
-        outputs = logged_outputs(table.filter(mine), manifest.classes)
+        outputs = logged_outputs(table.filter(mine), manifest.outputs)
         if not outputs:
             notes.append(f"no predictions of {version.ref} in the window: no prediction drift")
         truth = labelled(table.filter(mine), version.name, registry.settings)
-    columns = {c.name: coerce_column(c, table.column(c.name)) for c in manifest.inputs}
+    columns = _input_columns(manifest, table, logged=current is None)
     compared = {n: reference[n] for n in columns if n in reference}
     out_reference = manifest.details.get("reference_outputs") or {}
     if outputs and not out_reference:
@@ -150,8 +158,36 @@ def check(
     )
 
 
-def _need_inputs(table: pa.Table, inputs: Any, source: str) -> None:
-    missing = [c.name for c in inputs if c.name not in table.column_names]
+def _logged_inputs(manifest: Manifest) -> list[str]:
+    """The columns the log keeps of the inputs: an image column as its statistics."""
+    names: list[str] = []
+    for c in manifest.inputs:
+        names += [f"{c.name}.{s}" for s in IMAGE_STATISTICS] if c.kind == "image" else [c.name]
+    return names
+
+
+def _input_columns(manifest: Manifest, table: pa.Table, *, logged: bool) -> dict[str, np.ndarray]:
+    """The inputs as their reference statistics describe them: coerced columns, and an
+    image column as its images' statistics (kept by the log, computed from a file)."""
+    columns: dict[str, np.ndarray] = {}
+    for c in manifest.inputs:
+        if c.kind != "image":
+            columns[c.name] = coerce_column(c, table.column(c.name))
+        elif logged:
+            columns.update(
+                (n, table.column(n).to_numpy(zero_copy_only=False))
+                for n in _logged_inputs(replace(manifest, inputs=(c,)))
+            )
+        else:
+            channels = int(manifest.details["image"]["channels"])
+            columns.update(
+                image_statistics(decode_images(table.column(c.name), channels, c.name), c.name)
+            )
+    return columns
+
+
+def _need_inputs(table: pa.Table, inputs: list[str], source: str) -> None:
+    missing = [c for c in inputs if c not in table.column_names]
     if missing:
         raise DataError(
             f"{source} lacks the model's input column(s) {missing}: monitor the rows the model "
@@ -166,9 +202,8 @@ def _run_model(bundle: Bundle, table: pa.Table) -> dict[str, np.ndarray]:
     from tandem.inference.predictor import Predictor
 
     predictor = Predictor(bundle)
-    m = bundle.manifest
     raw = predictor.forward(predictor.encode(predictor.preprocess(table)))
-    return output_columns(m.task, m.classes, raw if m.task == "classification" else raw[:, 0])
+    return output_columns(bundle.manifest.outputs, raw)
 
 
 def _truth(table: pa.Table, target: str, outputs: dict[str, np.ndarray]) -> pa.Table | None:

@@ -50,10 +50,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT, split_kinds
+from tandem.bundle.outputs import Outputs
 from tandem.config import Settings
+from tandem.data.images import (
+    IMAGE_FEED,
+    decode_images,
+    feed_statistics,
+    image_statistics,
+    statistics_columns,
+)
 from tandem.data.schema import ColumnSpec, coerce_column
 from tandem.errors import ConfigError, DataError
-from tandem.inference.predictor import prediction_columns
 
 __all__ = [
     "OUTPUT_PREFIX",
@@ -123,11 +130,16 @@ class Layout:
     numeric: tuple[str, ...]
     categorical: tuple[str, ...]
     outputs: tuple[str, ...]
+    #: an image model's input column: the log keeps its images' statistics, not the pixels
+    #: (:func:`tandem.data.images.image_statistics`), decoded with ``image_channels``
+    image: str | None = None
+    image_channels: int = 0
 
     @classmethod
     def of(
-        cls, model: str, version: int, inputs: Sequence[ColumnSpec], outputs: Sequence[str]
-    ) -> Layout:
+        cls, model: str, version: int, inputs: Sequence[ColumnSpec], outputs: Sequence[str],
+        image_channels: int = 0,
+    ) -> Layout:  # fmt: skip
         numeric, categorical = split_kinds(inputs)
         clash = sorted({c.name for c in inputs} & set(RESERVED))
         if clash:
@@ -135,12 +147,15 @@ class Layout:
                 f"model {model}:{version} has input column(s) {clash}, names the prediction log "
                 "keeps for itself: rename them in the training data to log this model"
             )
+        image = next((c.name for c in inputs if c.kind == "image"), None)
         return cls(
             model,
             version,
             tuple(c.name for c in numeric),
             tuple(c.name for c in categorical),
             tuple(outputs),
+            image,
+            image_channels if image else 0,
         )
 
 
@@ -362,6 +377,9 @@ def _served_table(p: _Pending, source: str, scratch: _Scratch) -> pa.Table:
         out = scratch.out((layout, NUMERIC_INPUT), (len(layout.numeric),), total, parts[0].dtype)
         matrix = np.concatenate(parts, axis=1, out=out)
         columns.update((n, matrix[i]) for i, n in enumerate(layout.numeric))
+    if layout.image:
+        stats = np.concatenate([feed_statistics(*(f[k] for k in IMAGE_FEED)) for f in feeds])
+        columns.update(statistics_columns(stats, layout.image))
     if layout.categorical:
         matrix = np.concatenate([f[CATEGORICAL_INPUT] for f in feeds], axis=1)
         columns.update(
@@ -377,27 +395,26 @@ def _served_table(p: _Pending, source: str, scratch: _Scratch) -> pa.Table:
     return pa.table(columns)
 
 
-def output_columns(
-    task: str, classes: Sequence[Any], predicted: np.ndarray
-) -> dict[str, np.ndarray]:
-    """A model's outputs as the log names them (:data:`OUTPUT_PREFIX` + the Predictor's
-    output columns), from probabilities (n, k) or values (n,); the label as text."""
-    names = [OUTPUT_PREFIX + c for c in prediction_columns(classes)]
-    if task == "regression":
-        return {names[0]: np.asarray(predicted, dtype=float).reshape(-1)}
-    labels = np.asarray([str(c) for c in classes], dtype=object)[np.argmax(predicted, axis=1)]
-    probabilities = (np.asarray(predicted[:, i], dtype=float) for i in range(len(classes)))
-    return dict(zip(names, [labels, *probabilities], strict=True))
+def output_columns(outputs: Outputs, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """A model's outputs as the log names them (:data:`OUTPUT_PREFIX` + the decoded columns),
+    from the graph's output (n, k), or (n,) for one column; labels and clusters as text."""
+    raw = np.asarray(raw, dtype=np.float64)
+    decoded = outputs.as_text(outputs.decode(raw.reshape(len(raw), -1)))
+    return {OUTPUT_PREFIX + k: v for k, v in decoded.items()}
 
 
-def logged_outputs(table: pa.Table, classes: Sequence[Any]) -> dict[str, np.ndarray]:
-    """The output columns of logged rows (of one version, whose ``classes`` name them)."""
-    names = [OUTPUT_PREFIX + c for c in prediction_columns(classes)]
+def logged_outputs(table: pa.Table, outputs: Outputs) -> dict[str, np.ndarray]:
+    """The output columns of logged rows (of one version, whose ``outputs`` name them)."""
+    names = [OUTPUT_PREFIX + c for c in outputs.columns]
     if not table.num_rows:
         return {}
-    return {
-        n: table.column(n).to_numpy(zero_copy_only=False) for n in names if n in table.column_names
+    got = {
+        n[len(OUTPUT_PREFIX) :]: table.column(n).to_numpy(zero_copy_only=False)
+        for n in names
+        if n in table.column_names
     }
+    # as the reference was profiled: the server logs cluster ids as numbers, flags as booleans
+    return {OUTPUT_PREFIX + k: v for k, v in outputs.as_text(got).items()}
 
 
 def batch_rows(
@@ -422,6 +439,10 @@ def batch_rows(
         SOURCE: pa.repeat(pa.scalar("batch", pa.string()), n),
     }
     for spec in specs:
+        if spec.kind == "image":
+            images = decode_images(picked.column(spec.name), layout.image_channels, spec.name)
+            columns.update(image_statistics(images, spec.name))
+            continue
         values = coerce_column(spec, picked.column(spec.name))
         columns[spec.name] = pa.array(values, pa.string()) if spec.kind == "categorical" else values
     scored = outputs.take(pa.array(index)) if index.size < outputs.num_rows else outputs

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from tandem.data.readers import read_table
+from tandem.data.schema import SUPERVISED
 from tandem.errors import DataError, NotFoundError
 from tandem.registry import Decision, ModelVersion, Registry
 
@@ -200,6 +201,12 @@ def retrain(
         ) from None
     manifest = load_bundle(champion.path, expected_digest=champion.digest).manifest
     recipe = manifest.details.get("recipe")
+    if manifest.task not in SUPERVISED:
+        raise DataError(
+            f"{champion.ref} is a {manifest.task} model: retrain decides on labeled rows, which "
+            f"it has none of; train a new version on fresh rows (tandem train FILE --name "
+            f"{name}) and promote it if its metrics suit you"
+        )
     if not recipe:
         raise DataError(f"{champion.ref} keeps no recipe: it cannot be retrained as it was trained")
     target = recipe["target"]

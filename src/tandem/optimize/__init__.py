@@ -36,6 +36,7 @@ from tandem.bundle import write_bundle
 from tandem.bundle.manifest import REFERENCE_SAMPLE
 from tandem.bundle.store import Bundle, load_bundle
 from tandem.data.readers import read_table
+from tandem.data.schema import SUPERVISED
 from tandem.errors import DataError, UsageError
 from tandem.inference.predictor import Predictor
 from tandem.ledger.meter import Meter
@@ -122,6 +123,11 @@ def optimize(
     with contextlib.nullcontext(registry) if registry is not None else Registry() as reg:
         source = reg.get(model)
         bundle = load_bundle(source.path, expected_digest=source.digest)
+        if bundle.manifest.task not in SUPERVISED:
+            raise UsageError(
+                f"{source.ref} is a {bundle.manifest.task} model: optimize gates a candidate on "
+                "the accuracy or R² it keeps on labeled rows, which it has none of"
+            )
         retrained = None
         with Meter() as meter:
             predictor = Predictor(bundle, threads=1)

@@ -265,8 +265,6 @@ def _retrained(bundle: Bundle, data: Rebuilt, family: MLP, details: dict[str, An
     manifest = bundle.manifest
     graph = freeze(data.preprocessor, family, manifest.task, data.columns["test"], data.X["test"],
                    data.y["train"])  # fmt: skip
-    outputs = output_profile(
-        output_columns(manifest.task, manifest.classes, family.predict(data.X["validation"]))
-    )
+    outputs = output_profile(output_columns(manifest.outputs, family.predict(data.X["validation"])))
     return Retrained(graph, family, family.describe(), outputs, details, len(data.y["train"]),
                      (data.columns["test"], data.y["test"]))  # fmt: skip

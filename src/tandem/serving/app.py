@@ -115,8 +115,9 @@ class App:
             manifest = runner.predictor.manifest
             try:
                 runner.log_layout = Layout.of(
-                    runner.name, runner.version, manifest.inputs, runner.output_columns
-                )
+                    runner.name, runner.version, manifest.inputs, runner.output_columns,
+                    manifest.details.get("image", {}).get("channels", 0),
+                )  # fmt: skip
             except ConfigError as exc:
                 log.warning("%s: not logging its predictions: %s", runner.ref, exc)
         self.metrics.version.labels(runner.name).set(runner.version)
@@ -276,6 +277,7 @@ class App:
                 request.headers.get("content-type", ""),
                 runner.input_names,
                 runner.text_columns,
+                runner.image_column,
             )
             return (
                 parsed.rows,

@@ -70,7 +70,8 @@ ADMISSION_MARGIN = 0.35
 EXPIRY_GRACE_S = 0.05
 
 #: A request's input: graph-input name -> array whose LAST axis is the row axis (the
-#: Predictor's column-major feed); outputs come back as name -> array with rows on axis 0.
+#: Predictor's column-major feed; other axes may differ between requests, see ``_concat``);
+#: outputs come back as name -> array with rows on axis 0.
 Feed = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
 #: Runs one batch: a feed of n rows in, n rows of every output out.
@@ -573,10 +574,21 @@ def _join(chunks: list[_Chunk]) -> Feed:
             return r.feed
         return {k: v[..., c.start : c.stop] for k, v in r.feed.items()}
     names = chunks[0].request.feed.keys()
-    return {
-        k: np.concatenate([c.request.feed[k][..., c.start : c.stop] for c in chunks], axis=-1)
-        for k in names
-    }
+    return {k: _concat([c.request.feed[k][..., c.start : c.stop] for c in chunks]) for k in names}
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    """Join parts along the row axis (the last); parts whose other axes differ (images of
+    other sizes, texts of other lengths) are zero-padded to the largest first, which the
+    graph ignores: each image carries its size, each text its attention mask."""
+    lead = {p.shape[:-1] for p in parts}
+    if len(lead) > 1:
+        shape = tuple(max(dims) for dims in zip(*lead, strict=True))
+        parts = [
+            np.pad(p, [(0, m - d) for m, d in zip(shape, p.shape[:-1], strict=True)] + [(0, 0)])
+            for p in parts
+        ]
+    return np.concatenate(parts, axis=-1)
 
 
 def _attempt(compute: Compute, chunks: list[_Chunk]) -> Outputs | Exception:

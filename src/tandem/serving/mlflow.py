@@ -48,16 +48,28 @@ class ScoringRequest:
 
 
 def parse_invocation(
-    body: bytes, content_type: str, names: Sequence[str], text_columns: Sequence[str] = ()
-) -> ScoringRequest:
-    """Read a scoring request; ``text_columns`` (the categorical ones) stay text in CSV."""
+    body: bytes, content_type: str, names: Sequence[str], text_columns: Sequence[str] = (),
+    image_column: str | None = None,
+) -> ScoringRequest:  # fmt: skip
+    """Read a scoring request; ``text_columns`` (the categorical ones) stay text in CSV. A
+    model whose input is an image (``image_column``) also takes one image as the raw body
+    (``image/*`` or ``application/octet-stream``)."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "text/csv":
         return ScoringRequest(_csv(body, names, text_columns), None)
+    if media.startswith("image/") or media == "application/octet-stream":
+        if image_column is None:
+            raise UnsupportedMediaTypeError(
+                f"content type {media!r} is an image's, and this model takes no image: send "
+                f"application/json with one of {list(MLFLOW_FORMATS)}, or text/csv"
+            )
+        return ScoringRequest({image_column: [body]}, None)
     if media != "application/json":
+        accepted = "application/json with one of " + str(list(MLFLOW_FORMATS)) + ", text/csv"
+        if image_column is not None:
+            accepted += ", or the image itself as image/png, image/jpeg, ..."
         raise UnsupportedMediaTypeError(
-            f"content type {content_type or '(none)'!r} is not accepted: send application/json "
-            f"with one of {list(MLFLOW_FORMATS)}, or text/csv"
+            f"content type {content_type or '(none)'!r} is not accepted: send {accepted}"
         )
     try:
         obj = codec.loads(body)

@@ -46,6 +46,8 @@ class Runner:
     output_columns: list[str]
     input_names: list[str]
     text_columns: list[str]
+    #: the input column of an image model (its requests may be the raw image), else None
+    image_column: str | None = None
     loaded_in_s: float = 0.0
     #: how its rows go into the prediction log (None: not logged)
     log_layout: Layout | None = None
@@ -88,6 +90,7 @@ def load_runner(
         output_columns=list(predictor.output_columns),
         input_names=predictor.input_names,
         text_columns=[c.name for c in manifest.inputs if c.kind == "categorical"],
+        image_column=next((c.name for c in manifest.inputs if c.kind == "image"), None),
         loaded_in_s=time.perf_counter() - started,
     )
 

@@ -44,7 +44,15 @@ _DTYPES = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
-_KIND_TYPE = {"numeric": "FP64", "boolean": "BOOL", "categorical": "BYTES"}
+_KIND_TYPE = {
+    "numeric": "FP64",
+    "boolean": "BOOL",
+    "categorical": "BYTES",
+    "text": "BYTES",
+    "image": "BYTES",
+}
+#: decoded output columns that are not FP64 (the label's type follows the classes)
+_OUTPUT_TYPE = {"cluster": "INT64", "anomaly": "BOOL"}
 
 
 class ProtocolError(UsageError):
@@ -224,7 +232,8 @@ def _binary_numbers(raw: bytes, datatype: str, count: int, name: str) -> np.ndar
 
 
 def _bytes_elements(raw: bytes, name: str) -> np.ndarray:
-    out: list[str] = []
+    """Text as str; an element that is not UTF-8 (an image file) stays bytes."""
+    out: list[str | bytes] = []
     view = memoryview(raw)
     pos = 0
     while pos < len(raw):
@@ -234,7 +243,11 @@ def _bytes_elements(raw: bytes, name: str) -> np.ndarray:
         pos += 4
         if pos + size > len(raw):
             raise ProtocolError(f"input {name!r}: a BYTES element runs past its binary data")
-        out.append(bytes(view[pos : pos + size]).decode("utf-8", "replace"))
+        element = bytes(view[pos : pos + size])
+        try:
+            out.append(element.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(element)
         pos += size
     return np.array(out, dtype=object)
 
@@ -347,7 +360,11 @@ def model_metadata(
             {"name": c.name, "datatype": _KIND_TYPE[c.kind], "shape": [-1]} for c in signature
         ],
         "outputs": [
-            {"name": o, "datatype": label_type if o == "label" else "FP64", "shape": [-1]}
+            {
+                "name": o,
+                "datatype": label_type if o == "label" else _OUTPUT_TYPE.get(o, "FP64"),
+                "shape": [-1],
+            }
             for o in outputs
         ],
     }

@@ -18,7 +18,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ __all__ = [
     "Hardware",
     "LoopConfig",
     "TorchOptions",
+    "best_epoch",
     "fit_torch",
     "resolve_hardware",
 ]
@@ -167,6 +168,15 @@ class EpochRecord:
 
     def value(self, monitor: str) -> float:
         return self.val_loss if monitor == "val_loss" else self.metrics[monitor]
+
+
+def best_epoch(history: Sequence[EpochRecord], config: LoopConfig) -> int | None:
+    """The epoch (from 1) whose weights a run kept: the best of ``config.monitor`` (None when
+    no epoch ran, e.g. a pruned network kept without fine-tuning)."""
+    values = [h.value(config.monitor) for h in history]
+    if not values:
+        return None
+    return int(np.argmin(values) if config.lower_is_better else np.argmax(values)) + 1
 
 
 def _warmup_cosine(cfg: LoopConfig, steps_per_epoch: int) -> Callable[[int], float]:

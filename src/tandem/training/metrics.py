@@ -9,8 +9,15 @@ from tandem.data.schema import Task
 
 __all__ = ["PRIMARY", "metric_names", "score"]
 
-#: the metric that ranks candidates (higher is better for both)
-PRIMARY: dict[Task, str] = {"classification": "accuracy", "regression": "r2"}
+#: the metric that ranks candidates (higher is better for both), and the one shown first for
+#: the unsupervised tasks (see :mod:`tandem.models.unsupervised`)
+PRIMARY: dict[Task, str] = {
+    "classification": "accuracy",
+    "regression": "r2",
+    "clustering": "silhouette",
+    "projection": "explained_variance",
+    "anomaly": "reconstruction_error",
+}
 
 
 def metric_names(task: Task, n_classes: int = 0) -> list[str]:

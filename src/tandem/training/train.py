@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +28,11 @@ import pyarrow.parquet as pq
 from tandem.bundle import Manifest, write_bundle
 from tandem.bundle.graph import GraphBuilder
 from tandem.bundle.manifest import REFERENCE_SAMPLE, graph_feed, split_kinds
+from tandem.bundle.outputs import Outputs
 from tandem.config import Settings
+from tandem.data.images import is_image_folder
 from tandem.data.profile import output_profile, profile_columns
-from tandem.data.readers import check_unique_columns, read_table
+from tandem.data.readers import check_unique_columns, detect_format, list_parts, read_table
 from tandem.data.schema import ColumnSpec, Task, coerce_column, infer_columns, infer_task
 from tandem.data.split import Split, split_indices
 from tandem.errors import ConfigError, DataError, TrainingError
@@ -40,12 +42,15 @@ from tandem.ledger.meter import Meter, Profile
 from tandem.ledger.records import EpochLog, run_record
 from tandem.models import FAMILIES, Family
 from tandem.models.auto import Candidate, fit_candidates, rank_key
+from tandem.models.unsupervised import UNSUPERVISED, UNSUPERVISED_TASKS
 from tandem.monitoring.predictions import output_columns
 from tandem.monitoring.sample import reference_sample, sample_to_table
 from tandem.registry import ModelVersion, Registry, VersionRecord, validate_name
 from tandem.training.checkpoint import FILE as CHECKPOINT_FILE
 from tandem.training.checkpoint import Checkpointer
+from tandem.training.images import image_column, train_images
 from tandem.training.loop import TorchOptions, resolve_hardware
+from tandem.training.unsupervised import train_unsupervised
 
 __all__ = [
     "PARITY_TOLERANCE",
@@ -56,6 +61,7 @@ __all__ = [
     "Rebuilt",
     "TrainResult",
     "freeze",
+    "kind_of",
     "rebuild",
     "test_split",
     "train",
@@ -64,7 +70,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-5
-ModelChoice = Literal["auto", "linear", "gbdt", "mlp"]
+ModelChoice = Literal["auto", "linear", "gbdt", "mlp", "kmeans", "pca", "autoencoder"]
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,14 @@ class ProgressEvent:
 class Pipeline:
     """The trained pipeline in memory (preprocessing + model), before freezing."""
 
-    preprocessor: Preprocessor
+    #: a :class:`Preprocessor` for tables, an :class:`ImagePreprocessor` for images, ...
+    preprocessor: Any
     family: Family
 
-    def predict(self, columns: dict[str, Any]) -> np.ndarray:
-        """Probabilities (n, n_classes) or values (n,) for raw columns keyed by name."""
-        coerced = {c.name: coerce_column(c, columns[c.name]) for c in self.preprocessor.columns}
-        return self.family.predict(self.preprocessor.transform(coerced))
+    def predict(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """The model's output for raw columns keyed by name: probabilities (n, n_classes),
+        values (n,), or an unsupervised family's output."""
+        return self.family.predict(self.preprocessor.features(columns))
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,17 @@ def fingerprint(table: pa.Table) -> str:
 def _prepare(
     table: pa.Table, target: str, task: Task | Literal["auto"], ignore: Sequence[str]
 ) -> _Prepared:
+    table, task, classes, y = prepare_target(table, target, task)
+    specs = infer_columns(table, target=target, ignore=ignore)
+    columns = {s.name: coerce_column(s, table.column(s.name)) for s in specs}
+    return _Prepared(specs, columns, y, task, classes, fingerprint(table))
+
+
+def prepare_target(
+    table: pa.Table, target: str, task: Task | Literal["auto"]
+) -> tuple[pa.Table, Task, list[Any], np.ndarray]:
+    """The rows that have a target, the task (inferred for ``auto``), the classes in code
+    order (classification) and the targets as class codes or float values."""
     if target not in table.column_names:
         raise DataError(
             f"target column '{target}' is not in the data; columns are {table.column_names}: pass one with --target"
@@ -180,9 +198,7 @@ def _prepare(
             raise DataError(
                 f"target '{target}' has the single value {float(y[0])!r}: there is nothing to predict"
             )
-    specs = infer_columns(table, target=target, ignore=ignore)
-    columns = {s.name: coerce_column(s, table.column(s.name)) for s in specs}
-    return _Prepared(specs, columns, y, task, classes, fingerprint(table))
+    return table, task, classes, y
 
 
 def _notify(callback: Callable[[ProgressEvent], None] | None, event: ProgressEvent) -> None:
@@ -194,16 +210,16 @@ def _notify(callback: Callable[[ProgressEvent], None] | None, event: ProgressEve
         log.exception("progress callback failed on %s", event)
 
 
-def _build_graph(pre: Preprocessor, family: Family, task: Task) -> bytes:
+def build_graph(pre: Preprocessor, family: Family, outputs: Outputs) -> bytes:
+    """The Bundle graph: ``pre``'s inputs and nodes, then ``family``'s, then the output."""
     g = GraphBuilder("tandem")
     out = family.to_onnx(g, pre.to_onnx(g))
-    name = "probabilities" if task == "classification" else "value"
-    g.output(out, name, "double", [None, None if task == "classification" else 1])
+    g.output(out, outputs.graph_output, "double", [None, outputs.graph_width])
     graph: bytes = g.build().SerializeToString()
     return graph
 
 
-def _parity(
+def parity_of(
     graph: bytes, pre: Preprocessor, family: Family, columns: dict[str, np.ndarray], X: np.ndarray
 ) -> float:
     """Largest difference between the graph's and the in-memory model's predictions."""
@@ -229,8 +245,11 @@ def freeze(
 ) -> bytes:  # fmt: skip
     """The one graph of ``pre`` and ``family``, refused unless it reproduces the in-memory
     model on the test rows (as training freezes its pick)."""
-    graph = _build_graph(pre, family, task)
-    parity, tolerance = _parity(graph, pre, family, test_columns, X_test), _tolerance(task, y_train)
+    graph = build_graph(pre, family, Outputs(task))
+    parity, tolerance = (
+        parity_of(graph, pre, family, test_columns, X_test),
+        _tolerance(task, y_train),
+    )
     if not parity <= tolerance:
         raise TrainingError(
             f"the exported graph differs from the trained model by {parity:.2e} (> {tolerance:.1e}); "
@@ -257,8 +276,8 @@ def _freeze_best(
     ):
         family = fitted[candidate.family]
         try:
-            graph = _build_graph(pre, family, prep.task)
-            parity = _parity(graph, pre, family, test_columns, X_test)
+            graph = build_graph(pre, family, Outputs(prep.task))
+            parity = parity_of(graph, pre, family, test_columns, X_test)
         except Exception as exc:  # an exporter's failure costs this candidate, not the run
             failures[candidate.family] = f"export failed: {exc}"
             continue
@@ -279,7 +298,7 @@ def _freeze_best(
 def train(
     data: str | Path | pa.Table | Any,
     *,
-    target: str,
+    target: str | None,
     name: str,
     task: Task | Literal["auto"] = "auto",
     model: ModelChoice = "auto",
@@ -293,12 +312,14 @@ def train(
     description: str = "",
     torch: TorchOptions | None = None,
     checkpoints: CheckpointOptions | None = None,
+    kind: Kind = "auto",
 ) -> TrainResult:
     """Train, freeze and register a model.
 
     Args:
         data: CSV/Parquet/JSONL file or folder, a pyarrow Table or a pandas DataFrame.
-        target: the column to predict.
+        target: the column to predict; None learns from the rows alone (``model`` ``kmeans``,
+            the default then, ``pca`` or ``autoencoder``: see :mod:`tandem.training.unsupervised`).
         name: the registry name; the new version is the next number under it.
         task: ``classification``, ``regression`` or ``auto`` (inferred from the target).
         model: one family, or ``auto`` to train every family and keep the best on validation.
@@ -315,6 +336,10 @@ def train(
         checkpoints: how often the ``mlp`` loop saves its state, and whether to resume from
             what an interrupted run of the same data and recipe saved (see
             :class:`CheckpointOptions`).
+        kind: what the data is (see :func:`kind_of`): ``table`` (supervised on columns),
+            ``image`` (an image folder, or a column of image bytes: a CNN, see
+            :mod:`tandem.training.images`), ``unsupervised`` (no target), or ``auto`` to tell
+            from the data.
 
     Example:
         >>> result = train("weather.csv", target="rain", name="rain")  # doctest: +SKIP
@@ -322,14 +347,45 @@ def train(
         'rain:1'
     """
     validate_name(name)
-    if model != "auto" and model not in FAMILIES:
-        raise ConfigError(f"unknown model '{model}': choose auto, {', '.join(FAMILIES)}")
-    if task not in ("auto", "classification", "regression"):
-        raise ConfigError(f"unknown task '{task}': choose auto, classification or regression")
     if seed < 0:
         raise ConfigError(f"seed must be a non-negative integer; got {seed}")
     if time_budget is not None and not time_budget > 0:
         raise ConfigError(f"time budget must be a positive number of seconds; got {time_budget}")
+    if model != "auto" and model not in FAMILIES and model not in UNSUPERVISED:
+        raise ConfigError(
+            f"unknown model '{model}': choose auto, {', '.join([*FAMILIES, *UNSUPERVISED])}"
+        )
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind '{kind}': choose {', '.join(KINDS)}")
+    kind = kind_of(data, target) if kind == "auto" else kind
+    if kind == "image":
+        return train_images(
+            data, target=target, name=name, model=model, seed=seed, params=params,
+            registry=registry, on_progress=on_progress, parent=parent, description=description,
+            torch=torch, time_budget=time_budget,
+        )  # fmt: skip
+    if kind == "unsupervised" and target is not None:
+        raise ConfigError("--kind unsupervised learns without a target: leave out --target")
+    if target is None:
+        if task != "auto":
+            if task not in UNSUPERVISED_TASKS:
+                raise ConfigError(
+                    f"{task} needs a target: name the column to predict with --target"
+                )
+            if model not in ("auto", UNSUPERVISED_TASKS[task]):
+                raise ConfigError(f"{model} does not do {task}; {UNSUPERVISED_TASKS[task]} does")
+            model = UNSUPERVISED_TASKS[task]  # type: ignore[assignment]
+        return train_unsupervised(
+            data, name=name, model=model, seed=seed, ignore=ignore, params=params,
+            registry=registry, on_progress=on_progress, parent=parent, description=description,
+            torch=torch, time_budget=time_budget,
+        )  # fmt: skip
+    if model in UNSUPERVISED:
+        raise ConfigError(
+            f"{model} learns without a target: leave out --target (or choose a supervised model)"
+        )
+    if task not in ("auto", "classification", "regression"):
+        raise ConfigError(f"unknown task '{task}': choose auto, classification or regression")
     names: list[str] = list(FAMILIES) if model == "auto" else [model]
     family_params = _check_params(model, params)
     saving = checkpoints or CheckpointOptions()
@@ -368,51 +424,142 @@ def train(
         reference = profile_columns(pre.columns, parts["train"])
         sample = sample_to_table(pre.columns, reference_sample(pre.columns, parts["train"]))
         reference_outputs = output_profile(
-            output_columns(prep.task, prep.classes, family.predict(X["validation"]))
+            output_columns(Outputs(prep.task, tuple(prep.classes)), family.predict(X["validation"]))
         )
-    profile = meter.profile
     rows = {k: len(v) for k, v in ys.items()}
+    frozen = Frozen(
+        outputs=Outputs(prep.task, tuple(prep.classes)), target=target, inputs=tuple(pre.columns),
+        leaderboard=leaderboard, best=best, graph=graph, parity=parity,
+        fingerprint=prep.fingerprint, source=source, rows=rows, ignored=list(ignore),
+        reference=reference, reference_outputs=reference_outputs, sample=sample,
+        preprocessing=pre.state(), model=family.describe(), recipe=recipe,
+    )  # fmt: skip
+    version = register_frozen(
+        frozen, meter.profile, epochs, name=name, parent=parent, description=description,
+        registry=registry, on_progress=on_progress, total=total,
+    )  # fmt: skip
+    shutil.rmtree(run_folder, ignore_errors=True)  # registered: nothing left to resume
+    with contextlib.suppress(OSError):  # the model's folder, if no other run of it waits
+        run_folder.parent.rmdir()
+    return TrainResult(
+        version,
+        prep.task,
+        best.family,
+        leaderboard,
+        meter.profile,
+        parity,
+        rows,
+        Pipeline(pre, family),
+        split,
+    )
+
+
+Kind = Literal["auto", "table", "image", "unsupervised"]
+KINDS: tuple[str, ...] = ("auto", "table", "image", "unsupervised")
+
+
+def kind_of(data: Any, target: str | None) -> Kind:
+    """What ``data`` is, for ``kind="auto"``: ``image`` for a folder of class folders of
+    images or a table with a column of bytes, else ``table`` with a target and
+    ``unsupervised`` without one."""
+    if isinstance(data, str | Path):
+        if is_image_folder(data):
+            return "image"
+        parts = list_parts(data) if Path(data).exists() else []
+        if parts and detect_format(parts[0]) == "parquet" and _has_bytes(parts[0], target):
+            return "image"
+    elif isinstance(data, pa.Table) and image_column(data, target) is not None:
+        return "image"
+    return "table" if target is not None else "unsupervised"
+
+
+def _has_bytes(path: Path, target: str | None) -> bool:
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError):
+        return False  # reading it names the problem
+    return image_column(schema.empty_table(), target) is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Frozen:
+    """Everything a training run of any kind hands to :func:`register_frozen`: the checked
+    graph and what the manifest says about it."""
+
+    outputs: Outputs
+    target: str
+    inputs: tuple[ColumnSpec, ...]
+    leaderboard: list[Candidate]
+    best: Candidate
+    graph: bytes
+    parity: float
+    fingerprint: str
+    source: str
+    rows: dict[str, int]
+    ignored: list[str]
+    reference: dict[str, Any]
+    reference_outputs: dict[str, Any]
+    sample: pa.Table | None
+    preprocessing: dict[str, Any]
+    model: dict[str, Any]
+    recipe: dict[str, Any]
+    #: more files of the Bundle (a tokenizer), by name
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    #: more top-level manifest sections (how inputs are encoded, how outputs are ranked)
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+
+def register_frozen(
+    frozen: Frozen, profile: Profile, epochs: EpochLog, *, name: str, parent: int | None,
+    description: str, registry: Registry | None,
+    on_progress: Callable[[ProgressEvent], None] | None, total: int,
+) -> ModelVersion:  # fmt: skip
+    """Write the Bundle of ``frozen`` and register it as the next version of ``name``, with
+    its training run in the Ledger; nothing is left behind if any step fails."""
+    best = frozen.best
     details = {
         "metrics": {"validation": best.validation, "test": best.test},
-        "leaderboard": [c.to_json() for c in leaderboard],
+        "leaderboard": [c.to_json() for c in frozen.leaderboard],
         "data": {
-            "fingerprint": prep.fingerprint,
-            "source": source,
-            "rows": rows,
-            "ignored": list(ignore),
+            "fingerprint": frozen.fingerprint,
+            "source": frozen.source,
+            "rows": frozen.rows,
+            "ignored": frozen.ignored,
         },
-        "reference": reference,
-        "reference_outputs": reference_outputs,
-        "reference_sample": {"file": REFERENCE_SAMPLE, "rows": sample.num_rows},
-        "preprocessing": pre.state(),
-        "model": family.describe(),
-        "training": {"profile": profile.to_json(), "parity_max_abs": parity},
-        "recipe": recipe,
+        "reference": frozen.reference,
+        "reference_outputs": frozen.reference_outputs,
+        "preprocessing": frozen.preprocessing,
+        "model": frozen.model,
+        "training": {"profile": profile.to_json(), "parity_max_abs": frozen.parity},
+        "recipe": frozen.recipe,
+        **frozen.sections,
     }
+    files = dict(frozen.files)
+    if frozen.sample is not None:
+        details["reference_sample"] = {"file": REFERENCE_SAMPLE, "rows": frozen.sample.num_rows}
+        sink = pa.BufferOutputStream()
+        pq.write_table(frozen.sample, sink, compression="zstd")
+        files[REFERENCE_SAMPLE] = sink.getvalue().to_pybytes()
+    out = frozen.outputs
     manifest = Manifest(
-        name=name, version=0, created_at=datetime.now(UTC).isoformat(timespec="seconds"), task=prep.task,
-        family=best.family, target=target, inputs=tuple(pre.columns), classes=tuple(prep.classes), details=details,
+        name=name, version=0, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        task=out.task, family=best.family, target=frozen.target, inputs=frozen.inputs,
+        classes=out.classes, width=out.width, threshold=out.threshold, details=details,
     )  # fmt: skip
-
-    run = run_record("train", profile, sum(rows.values()), {
-        "family": best.family, "rows": rows, "features": len(pre.columns),
-        "seconds_by_family": {c.family: c.seconds for c in leaderboard}, "epochs": epochs.fits,
+    run = run_record("train", profile, sum(frozen.rows.values()), {
+        "family": best.family, "rows": frozen.rows, "features": len(frozen.inputs),
+        "seconds_by_family": {c.family: c.seconds for c in frozen.leaderboard},
+        "epochs": epochs.fits,
     })  # fmt: skip
 
-    sink = pa.BufferOutputStream()
-    pq.write_table(sample, sink, compression="zstd")
-    sample_bytes = sink.getvalue().to_pybytes()
-
     def write(directory: Path, version: int) -> VersionRecord:
-        digest = write_bundle(
-            directory, replace(manifest, version=version), graph, {REFERENCE_SAMPLE: sample_bytes}
-        )
+        digest = write_bundle(directory, replace(manifest, version=version), frozen.graph, files)
         return VersionRecord(
             digest=digest,
-            task=prep.task,
+            task=out.task,
             family=best.family,
             metrics=best.test,
-            data_fingerprint=prep.fingerprint,
+            data_fingerprint=frozen.fingerprint,
             parent_version=parent,
             description=description,
             runs=(run,),
@@ -421,21 +568,8 @@ def train(
     _notify(on_progress, ProgressEvent(total - 1, total, "registering"))
     with contextlib.nullcontext(registry) if registry is not None else Registry() as reg:
         version = reg.register(name, write)
-    shutil.rmtree(run_folder, ignore_errors=True)  # registered: nothing left to resume
-    with contextlib.suppress(OSError):  # the model's folder, if no other run of it waits
-        run_folder.parent.rmdir()
     _notify(on_progress, ProgressEvent(total, total, f"registered {version.ref}"))
-    return TrainResult(
-        version,
-        prep.task,
-        best.family,
-        leaderboard,
-        profile,
-        parity,
-        rows,
-        Pipeline(pre, family),
-        split,
-    )
+    return version
 
 
 def test_split(manifest: Manifest) -> tuple[dict[str, np.ndarray], np.ndarray]:

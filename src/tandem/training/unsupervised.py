@@ -1,0 +1,137 @@
+"""Training without a target: k-means, PCA, autoencoder (see :mod:`tandem.models.unsupervised`).
+
+The flow is the supervised one with the target taken out: read → infer the feature columns
+→ split (unstratified) → fit the preprocessing on train → fit the one family named by
+``model`` → score it on validation and test by its own metrics → one ONNX graph, checked
+against the in-memory model on the test rows → register with reference statistics of the
+inputs and of the outputs, so ``monitor`` watches both.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tandem.data.profile import output_profile, profile_columns
+from tandem.data.schema import coerce_column, infer_columns
+from tandem.data.split import split_indices
+from tandem.errors import ConfigError, TandemError, TrainingError
+from tandem.features.preprocess import Preprocessor
+from tandem.ledger.meter import Meter
+from tandem.ledger.records import EpochLog
+from tandem.models.auto import Candidate
+from tandem.models.base import FitContext
+from tandem.models.unsupervised import UNSUPERVISED, Unsupervised
+from tandem.monitoring.predictions import output_columns
+from tandem.monitoring.sample import reference_sample, sample_to_table
+from tandem.registry import Registry
+from tandem.training.loop import TorchOptions
+
+if TYPE_CHECKING:
+    from tandem.training.train import ProgressEvent, TrainResult
+
+__all__ = ["DEFAULT_MODEL", "train_unsupervised"]
+
+#: what ``model="auto"`` means without a target
+DEFAULT_MODEL = "kmeans"
+
+
+def train_unsupervised(
+    data: Any, *, name: str, model: str, seed: int,
+    ignore: Sequence[str], params: Mapping[str, Any] | None, registry: Registry | None,
+    on_progress: Callable[[ProgressEvent], None] | None, parent: int | None, description: str,
+    torch: TorchOptions | None, time_budget: float | None,
+) -> TrainResult:  # fmt: skip
+    """Fit, freeze and register one unsupervised family (the work of ``tandem.train`` when
+    no target is given); returns a :class:`~tandem.training.train.TrainResult`."""
+    from tandem.training import train as supervised  # the shared freezing and registering
+
+    model = DEFAULT_MODEL if model == "auto" else model
+    if model not in UNSUPERVISED:
+        raise ConfigError(
+            f"'{model}' needs a target; without one choose {', '.join(UNSUPERVISED)} "
+            "(or name the target column with --target)"
+        )
+    if torch is not None and torch.engine == "ray":
+        raise ConfigError("--engine ray trains supervised networks; unsupervised ones run locally")
+    family = _construct(model, params)
+    total = 4
+    with Meter() as meter:
+        epochs = EpochLog(meter)
+        supervised._notify(on_progress, supervised.ProgressEvent(0, total, "reading data"))
+        table, source = supervised._as_table(data)
+        specs = infer_columns(table, target="", ignore=ignore)
+        columns = {s.name: coerce_column(s, table.column(s.name)) for s in specs}
+        split = split_indices(table.num_rows, seed=seed)
+        rows_of = {"train": split.train, "validation": split.validation, "test": split.test}
+        parts = {k: {c: v[i] for c, v in columns.items()} for k, i in rows_of.items()}
+        pre = Preprocessor(specs).fit(parts["train"])
+        X = {k: pre.transform(v) for k, v in parts.items()}
+        supervised._notify(on_progress, supervised.ProgressEvent(1, total, f"training {model}"))
+        started = time.monotonic()
+        ctx = FitContext(
+            task=family.task, n_classes=0, seed=seed, on_epoch=epochs.fit(model, "fit"),
+            deadline=math.inf if time_budget is None else started + time_budget,
+        )  # fmt: skip
+        empty = np.zeros(0)
+        try:
+            family.fit(X["train"], empty, X["validation"], empty, ctx)
+        except TandemError:
+            raise
+        except Exception as exc:
+            raise TrainingError(f"training {model} failed: {exc}; nothing was registered") from exc
+        best = Candidate(
+            model, family.evaluate(X["validation"]), family.evaluate(X["test"]),
+            time.monotonic() - started, chosen=True,
+        )  # fmt: skip
+        supervised._notify(
+            on_progress, supervised.ProgressEvent(2, total, "freezing and verifying")
+        )
+        outputs = family.outputs
+        graph = supervised.build_graph(pre, family, outputs)
+        parity = supervised.parity_of(graph, pre, family, parts["test"], X["test"])
+        tolerance = supervised.PARITY_TOLERANCE * max(
+            1.0, float(np.max(np.abs(family.predict(X["test"])), initial=0.0))
+        )
+        if not parity <= tolerance:
+            raise TrainingError(
+                f"the exported {model} graph differs from the fitted one by {parity:.2e} "
+                f"(> {tolerance:.1e}); nothing was registered"
+            )
+        reference_outputs = output_profile(output_columns(outputs, family.predict(X["validation"])))
+        frozen = supervised.Frozen(
+            outputs=outputs, target="", inputs=tuple(pre.columns), leaderboard=[best], best=best,
+            graph=graph, parity=parity, fingerprint=supervised.fingerprint(table), source=source,
+            rows={k: len(v) for k, v in rows_of.items()}, ignored=list(ignore),
+            reference=profile_columns(pre.columns, parts["train"]),
+            reference_outputs=reference_outputs,
+            sample=sample_to_table(pre.columns, reference_sample(pre.columns, parts["train"])),
+            preprocessing=pre.state(), model=family.describe(),
+            recipe={
+                "target": None, "task": family.task, "model": model, "time_budget": time_budget,
+                "seed": seed, "ignore": list(ignore), "params": dict(params or {}),
+            },
+        )  # fmt: skip
+    version = supervised.register_frozen(
+        frozen, meter.profile, epochs, name=name, parent=parent, description=description,
+        registry=registry, on_progress=on_progress, total=total,
+    )  # fmt: skip
+    return supervised.TrainResult(
+        version, family.task, model, [best], meter.profile, parity, frozen.rows,
+        supervised.Pipeline(pre, family), split,
+    )  # fmt: skip
+
+
+def _construct(model: str, params: Mapping[str, Any] | None) -> Unsupervised:
+    cls = UNSUPERVISED[model]
+    unknown = sorted(set(params or {}) - set(cls.settings()))
+    if unknown:
+        raise ConfigError(f"{model} has no setting(s) {unknown}; it takes {cls.settings()}")
+    try:
+        return cls(**(params or {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{model}: {exc}") from exc
