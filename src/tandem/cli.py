@@ -121,7 +121,13 @@ def _key_values(pairs: list[str], option: str) -> dict[str, Any]:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="CSV, Parquet or JSONL file, or a folder of parts.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV, Parquet or JSONL file, a folder of parts, or a folder of images (one "
+            "sub-folder per class)."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="Registry name of the model.")],
     target: Annotated[
         str | None,
@@ -138,7 +144,14 @@ def train(
         str,
         typer.Option(
             help="auto, linear, gbdt or mlp; without --target kmeans (the default), pca or "
-            "autoencoder."
+            "autoencoder; cnn for images, encoder for text."
+        ),
+    ] = "auto",
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="auto (from the data), table, image (a folder of class folders, or a column "
+            "of image bytes), text (one column of texts) or unsupervised (no target)."
         ),
     ] = "auto",
     time_budget: Annotated[
@@ -152,7 +165,8 @@ def train(
         list[str] | None,
         typer.Option(
             help="A setting of the chosen family, KEY=VALUE (repeatable), e.g. hidden=256, "
-            "schedule=one-cycle, clip_norm=1, monitor=roc_auc."
+            "schedule=one-cycle, clip_norm=1, monitor=roc_auc; clusters=5; image_size=32; "
+            "max_tokens=128, chunks=2, fine_tune_layers=2."
         ),
     ] = None,
     precision: Annotated[
@@ -203,6 +217,7 @@ def train(
             on_progress=update,
             torch=options,
             checkpoints=saving,
+            kind=cast(Any, kind),
         )
     if as_json:
         _print_json(

@@ -11,6 +11,7 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from tandem import DataError, Registry, SchemaError, Settings
 from tandem.batch import BatchOptions, run_batch
 from tandem.data.images import image_feed, write_digits_folder
 from tandem.monitoring.monitor import check
+from tandem.monitoring.predictions import LogOptions, read_log
 from tandem.serving.batcher import _concat
 from tests.serving.conftest import running_server
 
@@ -121,6 +123,32 @@ def test_the_server_takes_base64_json_raw_bodies_and_oip_bytes(digits: tuple[Pat
     assert labels[0]["data"] == ["3"]
     assert next(o for o in binary["outputs"] if o["name"] == "label")["data"] == ["3"]
     assert bad.value.code == 400 and "not an image" in message and "0x" not in message
+
+
+def test_the_prediction_log_keeps_image_statistics_and_monitor_reads_them(
+    digits: tuple[Path, Path],
+) -> None:
+    folder, home = digits
+    files = sorted(folder.glob("*/*.png"))[::9]
+    with running_server(["digits"], home, log=LogOptions(sample=1.0, flush_s=0.2)) as server:
+        for start in range(0, len(files), 20):
+            records = [
+                {"image": base64.b64encode(f.read_bytes()).decode()}
+                for f in files[start : start + 20]
+            ]
+            request = urllib.request.Request(
+                f"{server.url}/invocations", json.dumps({"dataframe_records": records}).encode(),
+                {"Content-Type": "application/json"},
+            )  # fmt: skip
+            urllib.request.urlopen(request, timeout=10).read()
+    settings = Settings(home=home)
+    logged = read_log("digits", settings=settings)
+    assert logged.num_rows >= len(files)  # the module's other server tests log too
+    assert "image" not in logged.column_names  # statistics, not pixels
+    np.testing.assert_array_equal(logged.column("image.width").to_numpy(), 8.0)
+    with Registry(settings) as reg:
+        report = check(reg, "digits", since=timedelta(hours=1))
+    assert not report.drifted and "image.brightness" in report.current
 
 
 def test_batch_scores_an_image_folder_and_a_parquet_with_a_bad_image(

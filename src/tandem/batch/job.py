@@ -404,7 +404,7 @@ class _BatchLog:
         version = plan.version
         self.layout = Layout.of(
             version.name, version.version, scorer.specs, scorer.outputs,
-            scorer.predictor.manifest.details.get("image", {}).get("channels", 0),
+            scorer.predictor,
         )  # fmt: skip
         self.specs = scorer.specs
         self.job_id = f"batch-{uuid.uuid4().hex[:12]}"

@@ -79,6 +79,12 @@ def check_types(specs: Sequence[ColumnSpec], schema: pa.Schema, where: str, *, t
         )
     for spec in specs:
         t = schema.field(spec.name).type
+        if spec.kind == "text":
+            if not _text_type(t) and not pa.types.is_null(t):
+                raise SchemaError(
+                    f"{where}: column '{spec.name}' is of type {t}, but the model needs text there"
+                )
+            continue
         if spec.kind == "image":
             if not (_bytes_type(t) or _text_type(t)):
                 raise SchemaError(
@@ -114,6 +120,9 @@ def check_rows(
         if spec.kind == "image":
             columns[spec.name] = _readable_images(spec.name, values, bad)
             continue
+        if spec.kind == "text":
+            columns[spec.name] = _classifiable_texts(spec.name, values, bad)
+            continue
         if spec.kind != "categorical" and _text_type(values.type):
             values = _numbers_from_text(spec.name, values, bad)
         elif spec.kind == "categorical" and not (
@@ -147,6 +156,25 @@ def _readable_images(name: str, values: pa.Array, bad: dict[int, tuple[str, str,
     png = blank_png()
     blank = base64.b64encode(png).decode() if _text_type(values.type) else png
     return pa.array([blank if i in bad else v for i, v in enumerate(items)], values.type)
+
+
+def _classifiable_texts(
+    name: str, values: pa.Array, bad: dict[int, tuple[str, str, str]]
+) -> pa.Array:
+    """The column as text; missing or empty texts go to ``bad`` (a stand-in is scored in
+    their place and dropped)."""
+    from tandem.features.text import text_problem
+
+    items = values.to_pylist()
+    wrong = False
+    for i, value in enumerate(items):
+        why = text_problem(value)
+        if why is not None:
+            wrong = True
+            bad.setdefault(i, (name, repr(value)[:32], f"row {i} of column '{name}' {why}"))
+    if not wrong and _text_type(values.type):
+        return values
+    return pa.array(["-" if text_problem(v) else v for v in items], pa.string())
 
 
 def _numbers_from_text(

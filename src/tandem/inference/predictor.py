@@ -48,9 +48,22 @@ class Predictor:
         self._names = [c.name for c in self.manifest.inputs]
         self._index = {name: j for j, name in enumerate(self._names)}
         self._numeric, self._categorical = split_kinds(self.manifest.inputs)
-        self._special = _special_encoder(self.manifest)
+        kinds = {c.kind for c in self.manifest.inputs}
+        self._special = _Special(bundle) if kinds & {"image", "text"} else None
         self._decoder = self.manifest.outputs
         self.output_columns = self._decoder.columns
+
+    @property
+    def monitored_inputs(self) -> list[str]:
+        """What the prediction log keeps of the inputs and monitoring compares: the columns,
+        or for an image or text model the per-row numbers of :meth:`input_statistics`."""
+        return list(self._special.names) if self._special is not None else list(self._names)
+
+    def input_statistics(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """For an image or text model, the monitored numbers of each row of ``feed`` (an
+        :meth:`encode` result): image size, brightness and contrast; text tokens and the share
+        the vocabulary does not know. None for a table model (its columns are compared)."""
+        return self._special.statistics(feed) if self._special is not None else None
 
     @property
     def input_names(self) -> list[str]:
@@ -94,7 +107,7 @@ class Predictor:
         for an image model the decoded pixels and their sizes
         (:func:`tandem.data.images.image_feed`), for a text model token ids and mask."""
         if self._special is not None:
-            return self._special(columns)
+            return self._special.encode(columns)
         if (
             isinstance(columns, _MatrixColumns)
             and not self._categorical
@@ -167,21 +180,48 @@ class Predictor:
         return self.decode(self.forward(self.encode(self.preprocess(columns))))
 
 
-def _special_encoder(manifest: Manifest) -> Callable[[Columns], dict[str, np.ndarray]] | None:
-    """The encode step of a model whose input is an image or a text, else None."""
-    kinds = {c.kind for c in manifest.inputs}
-    if "image" in kinds:
+class _Special:
+    """The encode step of a model whose one input is an image or a text, and the numbers
+    monitoring compares in its place (a pixel or a token is no column to profile)."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        manifest = bundle.manifest
+        (self.column,) = (c for c in manifest.inputs if c.kind in ("image", "text"))
+        if self.column.kind == "image":
+            from tandem.data.images import IMAGE_STATISTICS
+
+            self.channels = int(manifest.details["image"]["channels"])
+            self.names = [f"{self.column.name}.{s}" for s in IMAGE_STATISTICS]
+        else:
+            from tandem.features.text import TEXT_STATISTICS, TextTokens
+
+            text = manifest.details["text"]
+            self.tokens = TextTokens(
+                bundle.extras[text["tokenizer"]].decode(), text["max_tokens"], text["chunks"]
+            )
+            self.names = [f"{self.column.name}.{s}" for s in TEXT_STATISTICS]
+
+    def encode(self, columns: Columns) -> dict[str, np.ndarray]:
+        name = self.column.name
+        if self.column.kind == "text":
+            return self.tokens.feed(columns[name], name)
         from tandem.data.images import IMAGE_FEED, decode_images, image_feed
 
-        (column,) = manifest.inputs
-        channels = int(manifest.details["image"]["channels"])
+        pixels, sizes = image_feed(decode_images(columns[name], self.channels, name))
+        return dict(zip(IMAGE_FEED, (pixels, sizes), strict=True))
 
-        def encode_images(columns: Columns) -> dict[str, np.ndarray]:
-            pixels, sizes = image_feed(decode_images(columns[column.name], channels, column.name))
-            return dict(zip(IMAGE_FEED, (pixels, sizes), strict=True))
+    def statistics(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.column.kind == "text":
+            from tandem.features.text import TEXT_FEED, feed_statistics
 
-        return encode_images
-    return None
+            ids, mask = (feed[k] for k in TEXT_FEED)
+            stats = feed_statistics(ids, mask, self.tokens.unknown_id)
+        else:
+            from tandem.data.images import IMAGE_FEED
+            from tandem.data.images import feed_statistics as image_stats
+
+            stats = image_stats(*(feed[k] for k in IMAGE_FEED))
+        return {n: stats[:, j] for j, n in enumerate(self.names)}
 
 
 class _MatrixColumns(Mapping[str, np.ndarray]):

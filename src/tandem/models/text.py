@@ -11,8 +11,9 @@ imports no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,21 @@ import torch
 from torch import nn
 
 from tandem.errors import ConfigError
-from tandem.models.mlp import export_onnx
+from tandem.models.mlp import evaluator, export_onnx
+from tandem.training.loop import LoopConfig, best_epoch, fit_torch
 
-__all__ = ["MAX_TOKENS", "TextEncoder", "encoder_folder", "export_text_model", "tokenize"]
+__all__ = [
+    "MAX_TOKENS",
+    "ChunkedTextModel",
+    "TextClassifier",
+    "TextEncoder",
+    "encoder_folder",
+    "export_text_model",
+    "tokenize",
+]
+
+#: texts embedded at a time when training
+EMBED_BATCH = 32
 
 #: tokens kept per text (the encoder was trained on up to 256; news-length texts carry
 #: their topic in the first 128, at half the cost)
@@ -110,3 +123,159 @@ def export_text_model(encoder: TextEncoder, head: nn.Module, *, classify: bool =
     example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
     tokens = {0: "n", 1: "tokens"}
     return export_onnx(model, example, {"input_ids": tokens, "attention_mask": tokens}, ["y"])
+
+
+class ChunkedTextModel(nn.Module):
+    """What a text Bundle's graph computes: ``input_ids`` and ``attention_mask`` of shape
+    (tokens, chunks, n) (see :mod:`tandem.features.text`) → each chunk embedded → the mean of a
+    text's chunks (padding chunks, all mask 0, left out) → the head → float64 probabilities."""
+
+    def __init__(self, encoder: TextEncoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tokens, chunks, n = input_ids.shape
+        ids = input_ids.permute(2, 1, 0).reshape(n * chunks, tokens)
+        mask = attention_mask.permute(2, 1, 0).reshape(n * chunks, tokens)
+        embedded = self.encoder(ids, mask).reshape(n, chunks, -1)
+        weight = (mask.reshape(n, chunks, tokens).sum(dim=2) > 0).to(embedded.dtype).unsqueeze(2)
+        return (embedded * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)  # type: ignore[no-any-return]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.embed(input_ids, attention_mask)), dim=1).double()
+
+
+class TextClassifier:
+    """The pretrained encoder and a linear head trained on its embeddings of the texts.
+
+    ``fine_tune_layers`` > 0 also trains the encoder's top layers (at ``encoder_lr``) with the
+    head, for ``fine_tune_epochs`` passes (the best on validation is kept); the layers below
+    are run once and their output reused. ``max_tokens`` and ``chunks``: how much of a text is
+    read (see :mod:`tandem.features.text`). The head's settings are the loop's
+    (:class:`~tandem.training.loop.LoopConfig`: ``lr``, ``max_epochs``, ``patience``, ...)."""
+
+    name = "encoder"
+
+    def __init__(
+        self, *, max_tokens: int = 256, chunks: int = 4, fine_tune_layers: int = 0,
+        fine_tune_epochs: int = 4, encoder_lr: float = 5e-5, **loop: Any,
+    ) -> None:  # fmt: skip
+        if not 8 <= max_tokens <= 512:
+            raise ConfigError(
+                f"max_tokens must be 8 to 512 (the encoder's reach); got {max_tokens}"
+            )
+        if not 1 <= chunks <= 16:
+            raise ConfigError(f"chunks must be 1 to 16; got {chunks}")
+        if not 0 <= fine_tune_layers <= 6:
+            raise ConfigError(
+                f"fine_tune_layers must be 0 to 6 (the encoder has 6); got {fine_tune_layers}"
+            )
+        if fine_tune_epochs < 1 or not encoder_lr > 0:
+            raise ConfigError("fine_tune_epochs must be >= 1 and encoder_lr > 0")
+        loop.setdefault("lr", 1e-2)
+        loop.setdefault("max_epochs", 300)
+        loop.setdefault("patience", 30)
+        loop.setdefault("batch_size", 64)
+        self.max_tokens, self.chunks = max_tokens, chunks
+        self.fine_tune_layers, self.fine_tune_epochs = fine_tune_layers, fine_tune_epochs
+        self.encoder_lr = encoder_lr
+        self.config = LoopConfig(**loop)
+
+    @classmethod
+    def settings(cls) -> list[str]:
+        return ["max_tokens", "chunks", "fine_tune_layers", "fine_tune_epochs", "encoder_lr",
+                *LoopConfig.__dataclass_fields__]  # fmt: skip
+
+    def fit(
+        self, feeds: dict[str, dict[str, np.ndarray]], y: dict[str, np.ndarray], n_classes: int,
+        *, seed: int, deadline: float,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> TextClassifier:  # fmt: skip
+        """``feeds``: the train / validation splits' graph feeds; ``y``: their class codes;
+        ``on_epoch(epoch, losses)`` is told of each epoch of the head, then of fine-tuning."""
+
+        def told(epoch: int, **losses: float) -> None:
+            if on_epoch is not None:
+                on_epoch(epoch, losses)
+
+        torch.manual_seed(seed)
+        encoder = TextEncoder.pretrained()
+        head = nn.Linear(encoder.width, n_classes)
+        self.model_ = ChunkedTextModel(encoder, head).eval()
+        embedded = {k: self._embed(f) for k, f in feeds.items()}
+        self.history_ = fit_torch(
+            _Scaled(head), nn.CrossEntropyLoss(),
+            (embedded["train"], y["train"], embedded["validation"], y["validation"]),
+            config=self.config, seed=seed, deadline=deadline, on_epoch=told,
+            evaluate=evaluator("classification", y["validation"], 0.0, 1.0),
+        )  # fmt: skip
+        self.model_.head = _Scaled(head)
+        if self.fine_tune_layers:
+            from tandem.models.text_tuning import fine_tune
+
+            after = len(self.history_)
+            fine_tune(self, feeds, y, seed=seed, deadline=deadline,
+                      on_epoch=lambda epoch, losses: told(after + epoch, **losses))  # fmt: skip
+        self.model_.eval()
+        return self
+
+    def _embed(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Pooled embeddings (n, width) of a feed, in batches of similar length."""
+        ids, mask = feed["input_ids"], feed["attention_mask"]
+        lengths = mask.sum(axis=(0, 1))
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((ids.shape[2], self.model_.encoder.width), dtype=np.float32)
+        with torch.no_grad():
+            for start in range(0, len(order), EMBED_BATCH):
+                rows = order[start : start + EMBED_BATCH]
+                t = max(int(mask[:, :, rows].sum(axis=1).astype(bool).sum(axis=0).max()), 1)
+                k = max(int((mask[:, :, rows].sum(axis=0) > 0).sum(axis=0).max()), 1)
+                part = [
+                    torch.from_numpy(np.ascontiguousarray(a[:t, :k, rows])) for a in (ids, mask)
+                ]
+                out[rows] = self.model_.embed(*part).numpy()
+        return out
+
+    def predict(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """Probabilities (n, classes), float64, in row order."""
+        with torch.no_grad():
+            scores = self.model_.head(torch.from_numpy(self._embed(feed)))
+            return torch.softmax(scores, dim=1).double().numpy()
+
+    def export(self) -> bytes:
+        """The ONNX graph of :class:`ChunkedTextModel` (inputs ``input_ids``, ``attention_mask``
+        of shape (tokens, chunks, n); output ``y``, (n, classes) float64)."""
+        example = (torch.ones(8, 2, 3, dtype=torch.int64), torch.ones(8, 2, 3, dtype=torch.int64))
+        axes = {0: "tokens", 1: "chunks", 2: "n"}
+        return export_onnx(
+            self.model_.eval(), example, {"input_ids": axes, "attention_mask": axes}, ["y"]
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "encoder": "all-MiniLM-L6-v2",
+            "max_tokens": self.max_tokens,
+            "chunks": self.chunks,
+            "fine_tune_layers": self.fine_tune_layers,
+            "head": {
+                "loop": dataclasses.asdict(self.config),
+                "epochs": len(self.history_),
+                "best_epoch": best_epoch(self.history_, self.config),
+            },
+            "history": [h.to_json() for h in self.history_],
+        }
+
+
+class _Scaled(nn.Module):
+    """A linear head on unit-length embeddings: their dot products are at most 1, so the
+    logits are scaled up (a fixed temperature) for the softmax to reach confident answers."""
+
+    SCALE = 20.0
+
+    def __init__(self, linear: nn.Module) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.SCALE  # type: ignore[no-any-return]

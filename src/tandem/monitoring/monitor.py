@@ -21,24 +21,18 @@ its threshold. Decay is reported beside it, not folded into it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tandem.bundle.manifest import REFERENCE_SAMPLE, Manifest
+from tandem.bundle.manifest import REFERENCE_SAMPLE
 from tandem.bundle.store import Bundle, load_bundle
-from tandem.data.images import (
-    IMAGE_STATISTICS,
-    decode_images,
-    image_statistics,
-    is_image_folder,
-    read_image_folder,
-)
+from tandem.data.images import is_image_folder, read_image_folder
 from tandem.data.readers import read_table
 from tandem.data.schema import coerce_column
 from tandem.errors import BundleError, DataError
@@ -55,6 +49,9 @@ from tandem.monitoring.predictions import (
 )
 from tandem.monitoring.sample import DomainDrift, domain_classifier, ks_tests, sample_from_table
 from tandem.registry import Registry
+
+if TYPE_CHECKING:
+    from tandem.inference.predictor import Predictor
 
 __all__ = ["MonitorReport", "Performance", "check"]
 
@@ -121,6 +118,9 @@ def check(
     version = registry.get(ref)
     bundle = load_bundle(version.path, expected_digest=version.digest)
     manifest = bundle.manifest
+    from tandem.inference.predictor import Predictor  # loaded here: the CLI imports this module
+
+    predictor = Predictor(bundle)
     reference = manifest.details.get("reference")
     if not reference:
         raise BundleError(f"{version.ref} has no reference statistics; retrain it to monitor it")
@@ -129,19 +129,19 @@ def check(
         table = read_image_folder(current) if is_image_folder(current) else read_table(current)
         source = str(current)
         _need_inputs(table, [c.name for c in manifest.inputs], source)
-        outputs = _run_model(bundle, table)
+        outputs = _run_model(predictor, table)
         truth = _truth(table, manifest.target, outputs)
     else:
         assert since is not None
         table = read_log(version.name, since=since_ago(since), settings=registry.settings)
         source = f"prediction log, last {_duration_text(since)} ({version.name})"
-        _need_inputs(table, _logged_inputs(manifest), source)
+        _need_inputs(table, predictor.monitored_inputs, source)
         mine = pc.equal(table.column(VERSION), version.version)
         outputs = logged_outputs(table.filter(mine), manifest.outputs)
         if not outputs:
             notes.append(f"no predictions of {version.ref} in the window: no prediction drift")
         truth = labelled(table.filter(mine), version.name, registry.settings)
-    columns = _input_columns(manifest, table, logged=current is None)
+    columns = _input_columns(predictor, table, logged=current is None)
     compared = {n: reference[n] for n in columns if n in reference}
     out_reference = manifest.details.get("reference_outputs") or {}
     if outputs and not out_reference:
@@ -158,32 +158,17 @@ def check(
     )
 
 
-def _logged_inputs(manifest: Manifest) -> list[str]:
-    """The columns the log keeps of the inputs: an image column as its statistics."""
-    names: list[str] = []
-    for c in manifest.inputs:
-        names += [f"{c.name}.{s}" for s in IMAGE_STATISTICS] if c.kind == "image" else [c.name]
-    return names
-
-
-def _input_columns(manifest: Manifest, table: pa.Table, *, logged: bool) -> dict[str, np.ndarray]:
-    """The inputs as their reference statistics describe them: coerced columns, and an
-    image column as its images' statistics (kept by the log, computed from a file)."""
-    columns: dict[str, np.ndarray] = {}
-    for c in manifest.inputs:
-        if c.kind != "image":
-            columns[c.name] = coerce_column(c, table.column(c.name))
-        elif logged:
-            columns.update(
-                (n, table.column(n).to_numpy(zero_copy_only=False))
-                for n in _logged_inputs(replace(manifest, inputs=(c,)))
-            )
-        else:
-            channels = int(manifest.details["image"]["channels"])
-            columns.update(
-                image_statistics(decode_images(table.column(c.name), channels, c.name), c.name)
-            )
-    return columns
+def _input_columns(predictor: Predictor, table: pa.Table, *, logged: bool) -> dict[str, np.ndarray]:
+    """The inputs as their reference statistics describe them: coerced columns, or for an
+    image or text model its per-row statistics (kept by the log, computed from a file)."""
+    if logged:
+        names = predictor.monitored_inputs
+        return {n: table.column(n).to_numpy(zero_copy_only=False) for n in names}
+    feed = predictor.encode(predictor.preprocess(table))
+    stats = predictor.input_statistics(feed)
+    if stats is not None:
+        return stats
+    return {c.name: coerce_column(c, table.column(c.name)) for c in predictor.manifest.inputs}
 
 
 def _need_inputs(table: pa.Table, inputs: list[str], source: str) -> None:
@@ -197,13 +182,10 @@ def _need_inputs(table: pa.Table, inputs: list[str], source: str) -> None:
         raise DataError(f"{source} has no rows to compare")
 
 
-def _run_model(bundle: Bundle, table: pa.Table) -> dict[str, np.ndarray]:
+def _run_model(predictor: Predictor, table: pa.Table) -> dict[str, np.ndarray]:
     """The model's outputs on a file's rows, named as the prediction log names them."""
-    from tandem.inference.predictor import Predictor
-
-    predictor = Predictor(bundle)
     raw = predictor.forward(predictor.encode(predictor.preprocess(table)))
-    return output_columns(bundle.manifest.outputs, raw)
+    return output_columns(predictor.manifest.outputs, raw)
 
 
 def _truth(table: pa.Table, target: str, outputs: dict[str, np.ndarray]) -> pa.Table | None:

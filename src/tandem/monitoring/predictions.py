@@ -38,11 +38,11 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -52,15 +52,11 @@ import pyarrow.parquet as pq
 from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT, split_kinds
 from tandem.bundle.outputs import Outputs
 from tandem.config import Settings
-from tandem.data.images import (
-    IMAGE_FEED,
-    decode_images,
-    feed_statistics,
-    image_statistics,
-    statistics_columns,
-)
 from tandem.data.schema import ColumnSpec, coerce_column
 from tandem.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from tandem.inference.predictor import Predictor
 
 __all__ = [
     "OUTPUT_PREFIX",
@@ -130,15 +126,15 @@ class Layout:
     numeric: tuple[str, ...]
     categorical: tuple[str, ...]
     outputs: tuple[str, ...]
-    #: an image model's input column: the log keeps its images' statistics, not the pixels
-    #: (:func:`tandem.data.images.image_statistics`), decoded with ``image_channels``
-    image: str | None = None
-    image_channels: int = 0
+    #: an image or text model's per-row input statistics, from a feed (the log keeps those,
+    #: not pixels or tokens: see ``Predictor.input_statistics``), and its encode step
+    statistics: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray] | None] | None = None
+    encode: Callable[[Mapping[str, Any]], dict[str, np.ndarray]] | None = None
 
     @classmethod
     def of(
         cls, model: str, version: int, inputs: Sequence[ColumnSpec], outputs: Sequence[str],
-        image_channels: int = 0,
+        predictor: Predictor | None = None,
     ) -> Layout:  # fmt: skip
         numeric, categorical = split_kinds(inputs)
         clash = sorted({c.name for c in inputs} & set(RESERVED))
@@ -147,15 +143,15 @@ class Layout:
                 f"model {model}:{version} has input column(s) {clash}, names the prediction log "
                 "keeps for itself: rename them in the training data to log this model"
             )
-        image = next((c.name for c in inputs if c.kind == "image"), None)
+        special = any(c.kind in ("image", "text") for c in inputs)
         return cls(
             model,
             version,
             tuple(c.name for c in numeric),
             tuple(c.name for c in categorical),
             tuple(outputs),
-            image,
-            image_channels if image else 0,
+            predictor.input_statistics if special and predictor else None,
+            predictor.encode if special and predictor else None,
         )
 
 
@@ -377,9 +373,9 @@ def _served_table(p: _Pending, source: str, scratch: _Scratch) -> pa.Table:
         out = scratch.out((layout, NUMERIC_INPUT), (len(layout.numeric),), total, parts[0].dtype)
         matrix = np.concatenate(parts, axis=1, out=out)
         columns.update((n, matrix[i]) for i, n in enumerate(layout.numeric))
-    if layout.image:
-        stats = np.concatenate([feed_statistics(*(f[k] for k in IMAGE_FEED)) for f in feeds])
-        columns.update(statistics_columns(stats, layout.image))
+    if layout.statistics is not None:
+        stats = [layout.statistics(f) or {} for f in feeds]
+        columns.update((k, np.concatenate([p[k] for p in stats])) for k in stats[0])
     if layout.categorical:
         matrix = np.concatenate([f[CATEGORICAL_INPUT] for f in feeds], axis=1)
         columns.update(
@@ -439,9 +435,10 @@ def batch_rows(
         SOURCE: pa.repeat(pa.scalar("batch", pa.string()), n),
     }
     for spec in specs:
-        if spec.kind == "image":
-            images = decode_images(picked.column(spec.name), layout.image_channels, spec.name)
-            columns.update(image_statistics(images, spec.name))
+        if spec.kind in ("image", "text"):
+            if layout.statistics is not None and layout.encode is not None:
+                feed = layout.encode({spec.name: picked.column(spec.name)})
+                columns.update(layout.statistics(feed) or {})
             continue
         values = coerce_column(spec, picked.column(spec.name))
         columns[spec.name] = pa.array(values, pa.string()) if spec.kind == "categorical" else values

@@ -116,7 +116,7 @@ class App:
             try:
                 runner.log_layout = Layout.of(
                     runner.name, runner.version, manifest.inputs, runner.output_columns,
-                    manifest.details.get("image", {}).get("channels", 0),
+                    runner.predictor,
                 )  # fmt: skip
             except ConfigError as exc:
                 log.warning("%s: not logging its predictions: %s", runner.ref, exc)

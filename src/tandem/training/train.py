@@ -50,6 +50,7 @@ from tandem.training.checkpoint import FILE as CHECKPOINT_FILE
 from tandem.training.checkpoint import Checkpointer
 from tandem.training.images import image_column, train_images
 from tandem.training.loop import TorchOptions, resolve_hardware
+from tandem.training.text import looks_like_text, train_text
 from tandem.training.unsupervised import train_unsupervised
 
 __all__ = [
@@ -86,12 +87,13 @@ class Pipeline:
 
     #: a :class:`Preprocessor` for tables, an :class:`ImagePreprocessor` for images, ...
     preprocessor: Any
-    family: Family
+    #: a :class:`Family`, or the text model (which takes token feeds, not a matrix)
+    family: Any
 
     def predict(self, columns: Mapping[str, Any]) -> np.ndarray:
         """The model's output for raw columns keyed by name: probabilities (n, n_classes),
         values (n,), or an unsupervised family's output."""
-        return self.family.predict(self.preprocessor.features(columns))
+        return np.asarray(self.family.predict(self.preprocessor.features(columns)))
 
 
 @dataclass(frozen=True)
@@ -338,8 +340,9 @@ def train(
             :class:`CheckpointOptions`).
         kind: what the data is (see :func:`kind_of`): ``table`` (supervised on columns),
             ``image`` (an image folder, or a column of image bytes: a CNN, see
-            :mod:`tandem.training.images`), ``unsupervised`` (no target), or ``auto`` to tell
-            from the data.
+            :mod:`tandem.training.images`), ``text`` (one column of texts: the pretrained
+            encoder and a head, see :mod:`tandem.training.text`), ``unsupervised`` (no
+            target), or ``auto`` to tell from the data.
 
     Example:
         >>> result = train("weather.csv", target="rain", name="rain")  # doctest: +SKIP
@@ -357,7 +360,15 @@ def train(
         )
     if kind not in KINDS:
         raise ConfigError(f"unknown kind '{kind}': choose {', '.join(KINDS)}")
-    kind = kind_of(data, target) if kind == "auto" else kind
+    kind = kind_of(data, target, ignore) if kind == "auto" else kind
+    if kind == "text":
+        if target is None:
+            raise ConfigError("a text model learns a label: name its column with --target")
+        return train_text(
+            data, target=target, name=name, model=model, task=task, seed=seed, ignore=ignore,
+            params=params, registry=registry, on_progress=on_progress, parent=parent,
+            description=description, time_budget=time_budget,
+        )  # fmt: skip
     if kind == "image":
         return train_images(
             data, target=target, name=name, model=model, seed=seed, params=params,
@@ -454,31 +465,55 @@ def train(
     )
 
 
-Kind = Literal["auto", "table", "image", "unsupervised"]
-KINDS: tuple[str, ...] = ("auto", "table", "image", "unsupervised")
+Kind = Literal["auto", "table", "image", "text", "unsupervised"]
+KINDS: tuple[str, ...] = ("auto", "table", "image", "text", "unsupervised")
 
 
-def kind_of(data: Any, target: str | None) -> Kind:
-    """What ``data`` is, for ``kind="auto"``: ``image`` for a folder of class folders of
-    images or a table with a column of bytes, else ``table`` with a target and
-    ``unsupervised`` without one."""
+def kind_of(data: Any, target: str | None, ignore: Sequence[str] = ()) -> Kind:
+    """What ``data`` is, for ``kind="auto"``: ``image`` for a folder of images or a table
+    with a column of bytes; ``text`` when, besides the target and ``ignore``, the one
+    column is free text (see :func:`tandem.training.text.looks_like_text`); else ``table``
+    with a target and ``unsupervised`` without one."""
+    head: pa.Table | None = None
     if isinstance(data, str | Path):
         if is_image_folder(data):
             return "image"
         parts = list_parts(data) if Path(data).exists() else []
-        if parts and detect_format(parts[0]) == "parquet" and _has_bytes(parts[0], target):
-            return "image"
-    elif isinstance(data, pa.Table) and image_column(data, target) is not None:
+        head = _head(parts[0]) if parts else None
+    elif isinstance(data, pa.Table):
+        head = data
+    elif type(data).__module__.startswith("pandas"):
+        head = pa.Table.from_pandas(data.head(2000), preserve_index=False)
+    if head is not None and image_column(head, target) is not None:
         return "image"
-    return "table" if target is not None else "unsupervised"
+    if target is None:
+        return "unsupervised"
+    features = [
+        c
+        for c in (head.column_names if head is not None else [])
+        if c != target and c not in ignore
+    ]
+    if len(features) == 1 and looks_like_text(head.column(features[0])):  # type: ignore[union-attr]
+        return "text"
+    return "table"
 
 
-def _has_bytes(path: Path, target: str | None) -> bool:
+def _head(path: Path) -> pa.Table | None:
+    """The first rows of a data file (for telling its kind), or None if it cannot be read
+    (reading it in earnest names the problem)."""
     try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError):
-        return False  # reading it names the problem
-    return image_column(schema.empty_table(), target) is not None
+        fmt = detect_format(path)
+        if fmt == "parquet":
+            batch = next(pq.ParquetFile(path).iter_batches(batch_size=2000), None)
+            return None if batch is None else pa.Table.from_batches([batch])
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            with pacsv.open_csv(path) as reader:
+                return pa.Table.from_batches([reader.read_next_batch()])
+        return read_table(path).slice(0, 2000)
+    except (pa.ArrowInvalid, OSError, StopIteration, DataError):
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
