@@ -461,6 +461,8 @@ class Scorer:
     def _type(self, name: str) -> pa.DataType:
         if name == "label" and self.label_type is not None:
             return self.label_type
+        if self.predictor.manifest.task == "ranking" and name.startswith("item_"):
+            return pa.string()  # catalog ids are kept as text
         return _OUTPUT_TYPES.get(name, pa.float64())
 
     def _predict(self, features: pa.Table) -> dict[str, np.ndarray]:

@@ -79,6 +79,13 @@ def check_types(specs: Sequence[ColumnSpec], schema: pa.Schema, where: str, *, t
         )
     for spec in specs:
         t = schema.field(spec.name).type
+        if spec.kind == "items":
+            if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+                raise SchemaError(
+                    f"{where}: column '{spec.name}' is of type {t}, but the model needs a list of "
+                    "item ids per row there (a JSON Lines or Parquet list column)"
+                )
+            continue
         if spec.kind == "text":
             if not _text_type(t) and not pa.types.is_null(t):
                 raise SchemaError(
@@ -122,6 +129,9 @@ def check_rows(
             continue
         if spec.kind == "text":
             columns[spec.name] = _classifiable_texts(spec.name, values, bad)
+            continue
+        if spec.kind == "items":  # a missing list is a user without history
+            columns[spec.name] = pa.array([v or [] for v in values.to_pylist()])
             continue
         if spec.kind != "categorical" and _text_type(values.type):
             values = _numbers_from_text(spec.name, values, bad)

@@ -123,7 +123,7 @@ class Manifest:
     def example_row(self) -> dict[str, Any]:
         """A valid input row, as JSON carries it (warm-up calls, synthetic load): 0.0 for
         numbers, the first known category for categories, a sentence for text, a grey PNG of
-        the model's input size (base64) for an image."""
+        the model's input size (base64) for an image, three catalog ids for a history."""
         return {c.name: self._example(c) for c in self.inputs}
 
     def _example(self, column: ColumnSpec) -> Any:
@@ -131,6 +131,8 @@ class Manifest:
             return column.categories[0] if column.categories else ""
         if column.kind == "text":
             return "an example text of a few words"
+        if column.kind == "items":
+            return [str(c) for c in self.classes[:3]]
         if column.kind == "image":
             import base64
             import io

@@ -11,6 +11,9 @@ clustering     ``distances``     ``cluster`` (nearest centre), ``distance_<c>`` 
 projection     ``components``    ``component_1`` … ``component_k``
 anomaly        ``score`` (n, 1)  ``anomaly_score``, ``anomaly`` (score above the threshold
                                  set on the training data)
+ranking        ``scores``        ``item_1`` … ``item_k``, ``score_1`` … ``score_k``: the k
+                                 best items after the Bundle's rank rules
+                                 (:mod:`tandem.inference.rank`)
 ============== ================ =====================================================
 
 The decoded columns are what the server returns, batch jobs write and the prediction log
@@ -37,6 +40,7 @@ GRAPH_OUTPUTS: dict[str, str] = {
     "clustering": "distances",
     "projection": "components",
     "anomaly": "score",
+    "ranking": "scores",
 }
 
 
@@ -51,8 +55,10 @@ class Outputs:
     """A model's output: its task, and what the task needs to decode the graph's tensor.
 
     Attributes:
-        classes: class labels in probability order (classification).
-        width: the number of centres (clustering) or components (projection).
+        classes: class labels in probability order (classification); item ids in score
+            order (ranking).
+        width: the number of centres (clustering), components (projection) or items
+            recommended (ranking).
         threshold: the anomaly score above which a row is an anomaly (anomaly).
     """
 
@@ -70,6 +76,8 @@ class Outputs:
         """Columns of the graph's output (None: as many as classes, known at run time)."""
         if self.task in ("regression", "anomaly"):
             return 1
+        if self.task == "ranking":
+            return len(self.classes)
         return self.width or None
 
     @property
@@ -81,11 +89,16 @@ class Outputs:
             return [f"component_{i + 1}" for i in range(self.width)]
         if self.task == "anomaly":
             return ["anomaly_score", "anomaly"]
+        if self.task == "ranking":
+            k = range(1, self.width + 1)
+            return [*(f"item_{i}" for i in k), *(f"score_{i}" for i in k)]
         return prediction_columns(self.classes if self.task == "classification" else ())
 
     @property
     def categorical(self) -> list[str]:
         """Decoded columns that name a class or a cluster: logged and profiled as text."""
+        if self.task == "ranking":
+            return [f"item_{i}" for i in range(1, self.width + 1)]
         return {"classification": ["label"], "clustering": ["cluster"]}.get(self.task, [])
 
     @cached_property
@@ -110,15 +123,42 @@ class Outputs:
         if self.task == "anomaly":
             assert self.threshold is not None
             return {"anomaly_score": raw[:, 0], "anomaly": raw[:, 0] > self.threshold}
+        if self.task == "ranking":
+            return self._top(raw)
         return {n: raw[:, i] for i, n in enumerate(names)}
+
+    def _top(self, scores: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``width`` best items of each row, best first; a slot no allowed item fills
+        (score -inf: excluded) has no item (None) and a NaN score."""
+        k = min(self.width, scores.shape[1])
+        best = (
+            np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            if k < scores.shape[1]
+            else (np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy())
+        )
+        picked = np.take_along_axis(scores, best, axis=1)
+        order = np.argsort(-picked, axis=1, kind="stable")
+        best, picked = (
+            np.take_along_axis(best, order, axis=1),
+            np.take_along_axis(picked, order, axis=1),
+        )
+        empty = ~np.isfinite(picked)
+        ids = np.asarray(self._labels, dtype=object)[best]
+        ids[empty] = None
+        picked = np.where(empty, np.nan, picked)
+        out = {f"item_{i + 1}": ids[:, i] for i in range(k)}
+        out.update((f"score_{i + 1}", picked[:, i]) for i in range(k))
+        return out
 
     def as_text(self, decoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``decoded`` as monitoring compares it: :attr:`categorical` columns as str, flags
         as 0.0 / 1.0 (so their rate drifts like a number)."""
         out = dict(decoded)
         for name, values in decoded.items():
-            if name in self.categorical and values.dtype != object:
-                out[name] = np.asarray([str(v) for v in values.tolist()], dtype=object)
+            if name in self.categorical and (values.dtype != object or self.task == "ranking"):
+                out[name] = np.asarray(
+                    ["" if v is None else str(v) for v in values.tolist()], dtype=object
+                )
             elif values.dtype == bool:
                 out[name] = values.astype(np.float64)
         return out

@@ -33,12 +33,13 @@ __all__ = [
     "without_infinities",
 ]
 
-#: ``image`` and ``text`` columns feed their own models (a CNN, a text encoder), one such
-#: column per model: see :mod:`tandem.data.images` and :mod:`tandem.models.text`
-ColumnKind = Literal["numeric", "boolean", "categorical", "image", "text"]
+#: ``image``, ``text`` and ``items`` (a list of item ids: what a user has taken) columns feed
+#: their own models (a CNN, a text encoder, a recommender), one such column per model: see
+#: :mod:`tandem.data.images`, :mod:`tandem.models.text` and :mod:`tandem.training.recommend`
+ColumnKind = Literal["numeric", "boolean", "categorical", "image", "text", "items"]
 #: what a model does: the supervised tasks learn a target; clustering, projection and anomaly
 #: learn the shape of unlabeled rows (see :mod:`tandem.bundle.outputs` for their outputs)
-Task = Literal["classification", "regression", "clustering", "projection", "anomaly"]
+Task = Literal["classification", "regression", "clustering", "projection", "anomaly", "ranking"]
 SUPERVISED: tuple[Task, ...] = ("classification", "regression")
 
 #: integer columns with at most this many distinct values are treated as categories
@@ -67,7 +68,7 @@ class ColumnSpec:
     @property
     def onnx_type(self) -> Literal["double", "string", "bytes"]:
         """What the column holds as the model takes it (images: encoded file bytes)."""
-        if self.kind in ("categorical", "text"):
+        if self.kind in ("categorical", "text", "items"):
             return "string"
         return "bytes" if self.kind == "image" else "double"
 

@@ -28,6 +28,12 @@ from tandem.inference.runtime import make_session
 __all__ = ["Predictor", "prediction_columns"]
 
 Columns = Mapping[str, Any]
+#: input kinds that have an encode step of their own (one such column per model)
+SPECIAL_KINDS = ("image", "text", "items")
+#: a recommender's graph input: catalog positions + 1 of a user's items, (longest, n); and
+#: the share of each list the catalog did not know (not a graph input: kept for monitoring)
+ITEMS_INPUT = "history"
+ITEMS_UNKNOWN = "__unknown_share"
 
 
 class Predictor:
@@ -49,7 +55,15 @@ class Predictor:
         self._index = {name: j for j, name in enumerate(self._names)}
         self._numeric, self._categorical = split_kinds(self.manifest.inputs)
         kinds = {c.kind for c in self.manifest.inputs}
-        self._special = _Special(bundle) if kinds & {"image", "text"} else None
+        self._special = _Special(bundle) if kinds & set(SPECIAL_KINDS) else None
+        self.rules = None
+        if self.manifest.task == "ranking":
+            import pyarrow.parquet as pq
+
+            from tandem.inference.rank import CATALOG, RankRules
+
+            catalog = pq.read_table(pa.BufferReader(bundle.extras[CATALOG]))
+            self.rules = RankRules(self.manifest.details["rank"], catalog)
         self._decoder = self.manifest.outputs
         self.output_columns = self._decoder.columns
 
@@ -137,15 +151,31 @@ class Predictor:
     def forward(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """The graph's output, float64: probabilities (n, n_classes), values (n, 1), distances
         to the centres, components or anomaly scores (see :mod:`tandem.bundle.outputs`)."""
+        if self._special is not None and ITEMS_UNKNOWN in feed:  # kept for the log only
+            feed = {k: v for k, v in feed.items() if k != ITEMS_UNKNOWN}
         result: np.ndarray = self._session.run(self._outputs, feed)[0]
         return result
 
     def decode(self, output: np.ndarray) -> dict[str, np.ndarray]:
-        """Output columns in :attr:`output_columns` order."""
+        """Output columns in :attr:`output_columns` order (a recommender's after its rank
+        rules, see :mod:`tandem.inference.rank`)."""
+        if self.rules is not None:
+            output = self.rules.apply(output)
         return self._decoder.decode(output)
 
     def postprocess(self, decoded: dict[str, np.ndarray], rows: Any) -> Any:
-        """Decoded columns in the container kind of ``rows``."""
+        """Decoded columns in the container kind of ``rows``; rows as records (a list of
+        dicts, one dict) from a recommender also get ``items``: the recommended items' catalog
+        records, best first, each with its score."""
+        if self.rules is not None and _as_records(rows):
+            records = _records(decoded)
+            k = self._decoder.width
+            for r in records:
+                r["items"] = self.rules.records(
+                    [r[f"item_{i}"] for i in range(1, k + 1)],
+                    [r[f"score_{i}"] for i in range(1, k + 1)],
+                )
+            return records[0] if isinstance(rows, Mapping) else records
         if isinstance(rows, pa.Table | pa.RecordBatch):
             return pa.table(decoded)
         if _is_dataframe(rows):
@@ -186,8 +216,11 @@ class _Special:
 
     def __init__(self, bundle: Bundle) -> None:
         manifest = bundle.manifest
-        (self.column,) = (c for c in manifest.inputs if c.kind in ("image", "text"))
-        if self.column.kind == "image":
+        (self.column,) = (c for c in manifest.inputs if c.kind in SPECIAL_KINDS)
+        if self.column.kind == "items":
+            self.index = {str(item): i + 1 for i, item in enumerate(manifest.classes)}
+            self.names = [f"{self.column.name}.{s}" for s in ("length", "unknown_share")]
+        elif self.column.kind == "image":
             from tandem.data.images import IMAGE_STATISTICS
 
             self.channels = int(manifest.details["image"]["channels"])
@@ -203,6 +236,8 @@ class _Special:
 
     def encode(self, columns: Columns) -> dict[str, np.ndarray]:
         name = self.column.name
+        if self.column.kind == "items":
+            return self._histories(columns[name], name)
         if self.column.kind == "text":
             return self.tokens.feed(columns[name], name)
         from tandem.data.images import IMAGE_FEED, decode_images, image_feed
@@ -210,7 +245,31 @@ class _Special:
         pixels, sizes = image_feed(decode_images(columns[name], self.channels, name))
         return dict(zip(IMAGE_FEED, (pixels, sizes), strict=True))
 
+    def _histories(self, values: Any, name: str) -> dict[str, np.ndarray]:
+        """Lists of item ids → (longest, n) int64 positions in the catalog + 1 (0: nothing;
+        the batcher pads with it), and the share of each list the catalog does not know."""
+        if hasattr(values, "to_pylist"):
+            values = values.to_pylist()
+        lists = list(values)
+        for row, items in enumerate(lists):
+            if not isinstance(items, list | tuple | np.ndarray):
+                raise SchemaError(
+                    f"row {row} of column '{name}' is {items!r}: give the user's items as a "
+                    'list of ids, e.g. ["sku-1", "sku-7"] (an empty list for a new user)'
+                )
+        known = [[self.index.get(str(i), 0) for i in items] for items in lists]
+        longest = max((len(k) for k in known), default=0) or 1
+        positions = np.zeros((longest, len(known)), dtype=np.int64)
+        unknown = np.zeros(len(known))
+        for row, k in enumerate(known):
+            positions[: len(k), row] = k
+            unknown[row] = k.count(0) / len(k) if k else 0.0
+        return {ITEMS_INPUT: positions, ITEMS_UNKNOWN: unknown[None, :]}
+
     def statistics(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.column.kind == "items":
+            length = (feed[ITEMS_INPUT] > 0).sum(axis=0) + 0.0
+            return dict(zip(self.names, (length, feed[ITEMS_UNKNOWN][0]), strict=True))
         if self.column.kind == "text":
             from tandem.features.text import TEXT_FEED, feed_statistics
 
@@ -284,6 +343,13 @@ def _pick_rows(names: list[str], rows: Sequence[Any]) -> Columns:
                     f"row {i} lacks column(s) {lacking}; every row needs {names}"
                 ) from None
         raise
+
+
+def _as_records(rows: Any) -> bool:
+    """Whether :meth:`Predictor.postprocess` answers ``rows`` with records."""
+    if isinstance(rows, pa.Table | pa.RecordBatch | np.ndarray) or _is_dataframe(rows):
+        return False
+    return not (isinstance(rows, Mapping) and _is_columnar(rows))
 
 
 def _is_dataframe(obj: Any) -> bool:

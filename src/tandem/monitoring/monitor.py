@@ -42,8 +42,8 @@ from tandem.monitoring.performance import Window, decay, windows
 from tandem.monitoring.predictions import (
     TIME,
     VERSION,
+    decoded_columns,
     logged_outputs,
-    output_columns,
     read_log,
     since_ago,
 )
@@ -184,8 +184,9 @@ def _need_inputs(table: pa.Table, inputs: list[str], source: str) -> None:
 
 def _run_model(predictor: Predictor, table: pa.Table) -> dict[str, np.ndarray]:
     """The model's outputs on a file's rows, named as the prediction log names them."""
-    raw = predictor.forward(predictor.encode(predictor.preprocess(table)))
-    return output_columns(predictor.manifest.outputs, raw)
+    # through decode, which applies a recommender's rank rules
+    decoded = predictor.decode(predictor.forward(predictor.encode(predictor.preprocess(table))))
+    return decoded_columns(predictor.manifest.outputs, decoded)
 
 
 def _truth(table: pa.Table, target: str, outputs: dict[str, np.ndarray]) -> pa.Table | None:

@@ -66,6 +66,7 @@ __all__ = [
     "PredictionLog",
     "batch_rows",
     "compact_log",
+    "decoded_columns",
     "log_folder",
     "logged_outputs",
     "output_columns",
@@ -143,7 +144,7 @@ class Layout:
                 f"model {model}:{version} has input column(s) {clash}, names the prediction log "
                 "keeps for itself: rename them in the training data to log this model"
             )
-        special = any(c.kind in ("image", "text") for c in inputs)
+        special = any(c.kind in ("image", "text", "items") for c in inputs)
         return cls(
             model,
             version,
@@ -395,8 +396,12 @@ def output_columns(outputs: Outputs, raw: np.ndarray) -> dict[str, np.ndarray]:
     """A model's outputs as the log names them (:data:`OUTPUT_PREFIX` + the decoded columns),
     from the graph's output (n, k), or (n,) for one column; labels and clusters as text."""
     raw = np.asarray(raw, dtype=np.float64)
-    decoded = outputs.as_text(outputs.decode(raw.reshape(len(raw), -1)))
-    return {OUTPUT_PREFIX + k: v for k, v in decoded.items()}
+    return decoded_columns(outputs, outputs.decode(raw.reshape(len(raw), -1)))
+
+
+def decoded_columns(outputs: Outputs, decoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Decoded outputs (the Predictor's decode step) as the log names and keeps them."""
+    return {OUTPUT_PREFIX + k: v for k, v in outputs.as_text(decoded).items()}
 
 
 def logged_outputs(table: pa.Table, outputs: Outputs) -> dict[str, np.ndarray]:
@@ -435,7 +440,7 @@ def batch_rows(
         SOURCE: pa.repeat(pa.scalar("batch", pa.string()), n),
     }
     for spec in specs:
-        if spec.kind in ("image", "text"):
+        if spec.kind in ("image", "text", "items"):
             if layout.statistics is not None and layout.encode is not None:
                 feed = layout.encode({spec.name: picked.column(spec.name)})
                 columns.update(layout.statistics(feed) or {})

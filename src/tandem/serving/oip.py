@@ -50,6 +50,7 @@ _KIND_TYPE = {
     "categorical": "BYTES",
     "text": "BYTES",
     "image": "BYTES",
+    "items": "BYTES",
 }
 #: decoded output columns that are not FP64 (the label's type follows the classes)
 _OUTPUT_TYPE = {"cluster": "INT64", "anomaly": "BOOL"}
@@ -362,7 +363,11 @@ def model_metadata(
         "outputs": [
             {
                 "name": o,
-                "datatype": label_type if o == "label" else _OUTPUT_TYPE.get(o, "FP64"),
+                "datatype": label_type
+                if o == "label"
+                else "BYTES"
+                if o.startswith("item_")
+                else _OUTPUT_TYPE.get(o, "FP64"),
                 "shape": [-1],
             }
             for o in outputs

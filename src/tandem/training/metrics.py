@@ -17,6 +17,7 @@ PRIMARY: dict[Task, str] = {
     "clustering": "silhouette",
     "projection": "explained_variance",
     "anomaly": "reconstruction_error",
+    "ranking": "hit_rate",
 }
 
 

@@ -50,6 +50,7 @@ from tandem.training.checkpoint import FILE as CHECKPOINT_FILE
 from tandem.training.checkpoint import Checkpointer
 from tandem.training.images import image_column, train_images
 from tandem.training.loop import TorchOptions, resolve_hardware
+from tandem.training.recommend import train_recommender
 from tandem.training.text import looks_like_text, train_text
 from tandem.training.unsupervised import train_unsupervised
 
@@ -342,7 +343,9 @@ def train(
             ``image`` (an image folder, or a column of image bytes: a CNN, see
             :mod:`tandem.training.images`), ``text`` (one column of texts: the pretrained
             encoder and a head, see :mod:`tandem.training.text`), ``unsupervised`` (no
-            target), or ``auto`` to tell from the data.
+            target), ``recommender`` ((user, item) rows: see
+            :mod:`tandem.training.recommend`), or ``auto`` to tell from the data (all but
+            ``recommender``).
 
     Example:
         >>> result = train("weather.csv", target="rain", name="rain")  # doctest: +SKIP
@@ -361,6 +364,16 @@ def train(
     if kind not in KINDS:
         raise ConfigError(f"unknown kind '{kind}': choose {', '.join(KINDS)}")
     kind = kind_of(data, target, ignore) if kind == "auto" else kind
+    if kind == "recommender":
+        if target is not None:
+            raise ConfigError(
+                "a recommender learns from (user, item) rows, not a target: leave out --target "
+                "and name the columns with --param user=... --param item=..."
+            )
+        return train_recommender(
+            data, name=name, model=model, seed=seed, params=params, registry=registry,
+            on_progress=on_progress, parent=parent, description=description,
+        )  # fmt: skip
     if kind == "text":
         if target is None:
             raise ConfigError("a text model learns a label: name its column with --target")
@@ -465,8 +478,8 @@ def train(
     )
 
 
-Kind = Literal["auto", "table", "image", "text", "unsupervised"]
-KINDS: tuple[str, ...] = ("auto", "table", "image", "text", "unsupervised")
+Kind = Literal["auto", "table", "image", "text", "unsupervised", "recommender"]
+KINDS: tuple[str, ...] = ("auto", "table", "image", "text", "unsupervised", "recommender")
 
 
 def kind_of(data: Any, target: str | None, ignore: Sequence[str] = ()) -> Kind:
