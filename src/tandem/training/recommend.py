@@ -10,7 +10,8 @@ The model: the binary user × item matrix (rows scaled to unit length) factorise
 truncated SVD (``factors`` wide, or the best of :data:`FACTORS` on the validation users), so
 items that the same users take get close embeddings. A request gives a user's items (the
 ``history`` column, a list of ids: a known user's past, or a new user's session); the graph
-averages their embeddings, scores every item by the dot product, and scores the items
+averages their embeddings, scores every item by the dot product (plus a small popularity
+prior, which breaks ties and ranks for a user with no history), and scores the items
 already in the history -inf. All five inference steps are used: preprocess (the history
 column), encode (ids → catalog positions), forward (the graph), decode/rank (the manifest's
 rank rules, then the top k, :mod:`tandem.inference.rank`), post-process (ids → catalog
@@ -61,6 +62,8 @@ __all__ = ["HISTORY", "SETTINGS", "train_recommender"]
 #: the input column of a recommender: a user's items
 HISTORY = "history"
 SETTINGS = ("user", "item", "items", "factors", "rank")
+#: weight of the popularity prior added to the scores (cosines, within ±1)
+PRIOR = 1e-3
 #: factors tried when none is given (the best validation hit rate wins)
 FACTORS = (4, 8, 16, 32, 64)
 
@@ -119,6 +122,8 @@ def train_recommender(
         supervised._notify(on_progress, supervised.ProgressEvent(1, total, "factorising"))
         started = time.monotonic()
         popularity = np.asarray(matrix.sum(axis=0)).ravel()
+        # a small popularity prior: it breaks ties, and ranks for a user with no history
+        prior = PRIOR * popularity / max(float(popularity.max()), 1e-12)
         outputs = Outputs("ranking", tuple(ids), rules.top_k)
         most = max(1, min(len(ids) - 1, matrix.shape[0] - 1))
         widths = sorted({min(f, most) for f in ([factors] if factors else FACTORS)})
@@ -127,7 +132,7 @@ def train_recommender(
         chosen: tuple[float, int, np.ndarray] | None = None
         for epoch, width in enumerate(widths, 1):
             vectors = _embeddings(matrix, width, seed)
-            live = _live(vectors, [h for h, _ in held["validation"]])
+            live = _live(vectors, prior, [h for h, _ in held["validation"]])
             hit = _metrics(live, held["validation"], popularity, rules.top_k).get("hit_rate", 0.0)
             tried[width] = hit
             on_epoch(epoch, {"factors": float(width), "hit_rate": hit})
@@ -135,7 +140,7 @@ def train_recommender(
                 chosen = (hit, width, vectors)
         assert chosen is not None
         _, width, embeddings = chosen
-        graph = _graph(embeddings, outputs)
+        graph = _graph(embeddings, prior, outputs)
         session = make_session(graph)
         scores = {k: _score(session, [h for h, _ in v], len(ids)) for k, v in held.items()}
         best = Candidate(
@@ -148,7 +153,7 @@ def train_recommender(
             on_progress, supervised.ProgressEvent(2, total, "freezing and verifying")
         )
         sample = [h for h, _ in held["validation"]]
-        live = _live(embeddings, sample)
+        live = _live(embeddings, prior, sample)
         parity = float(
             np.max(
                 np.abs(
@@ -192,7 +197,7 @@ def train_recommender(
         meter.profile,
         parity,
         frozen.rows,
-        supervised.Pipeline(_Positions(position), _Embeddings(embeddings)),
+        supervised.Pipeline(_Positions(position), _Embeddings(embeddings, prior)),
         split,
     )
 
@@ -212,11 +217,11 @@ class _Positions:
 class _Embeddings:
     """The in-memory forward step (the graph's function)."""
 
-    def __init__(self, embeddings: np.ndarray) -> None:
-        self.embeddings = embeddings
+    def __init__(self, embeddings: np.ndarray, prior: np.ndarray) -> None:
+        self.embeddings, self.prior = embeddings, prior
 
     def predict(self, histories: list[list[int]]) -> np.ndarray:
-        return _live(self.embeddings, histories)
+        return _live(self.embeddings, self.prior, histories)
 
 
 def _embeddings(matrix: sparse.csr_matrix, width: int, seed: int) -> np.ndarray:
@@ -294,7 +299,7 @@ def _matrix(histories: Sequence[list[int]], n_items: int) -> sparse.csr_matrix:
     return m
 
 
-def _graph(embeddings: np.ndarray, outputs: Outputs) -> bytes:
+def _graph(embeddings: np.ndarray, prior: np.ndarray, outputs: Outputs) -> bytes:
     """history (longest, n) positions + 1 → scores (n, items), the history's own -inf."""
     n_items = embeddings.shape[0]
     g = GraphBuilder("tandem")
@@ -305,7 +310,7 @@ def _graph(embeddings: np.ndarray, outputs: Outputs) -> bytes:
     taken = g.node("Cast", [g.node("Greater", [history, g.const(np.array(0))])], to=11)
     count = g.node("ReduceSum", [taken, g.const(np.array([1]))], keepdims=1)
     mean = g.node("Div", [total, g.node("Max", [count, g.const(np.array([1.0]))])])
-    scores = g.node("MatMul", [mean, g.const(embeddings.T.copy())])
+    scores = g.node("Add", [g.node("MatMul", [mean, g.const(embeddings.T.copy())]), g.const(prior)])
     # a leading dummy column takes the padding's position 0; the history's items go to -inf
     n = g.node("Shape", [history], start=0, end=1)
     dummy = g.node(
@@ -336,12 +341,12 @@ def _score(session: Any, histories: list[list[int]], n_items: int) -> np.ndarray
     return np.asarray(session.run(None, {ITEMS_INPUT: feed})[0]).reshape(len(histories), n_items)
 
 
-def _live(embeddings: np.ndarray, histories: list[list[int]]) -> np.ndarray:
+def _live(embeddings: np.ndarray, prior: np.ndarray, histories: list[list[int]]) -> np.ndarray:
     """The graph's function in numpy, for the parity check."""
     out = np.empty((len(histories), embeddings.shape[0]))
     for row, h in enumerate(histories):
         user = embeddings[h].mean(axis=0) if h else np.zeros(embeddings.shape[1])
-        out[row] = embeddings @ user
+        out[row] = embeddings @ user + prior
         out[row, h] = -np.inf
     return out
 
