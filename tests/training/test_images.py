@@ -23,11 +23,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import tandem
-from tandem import DataError, Registry, SchemaError, Settings
+from tandem import DataError, Registry, SchemaError, Settings, UsageError
 from tandem.batch import BatchOptions, run_batch
 from tandem.data.images import image_feed, write_digits_folder
 from tandem.monitoring.monitor import check
 from tandem.monitoring.predictions import LogOptions, read_log
+from tandem.optimize import optimize
 from tandem.serving.batcher import _concat
 from tests.serving.conftest import running_server
 
@@ -255,6 +256,8 @@ def test_a_parquet_with_an_image_column_is_an_image_dataset(
     assert predictor.manifest.inputs[0].name == "picture"
     with pytest.raises(SchemaError, match="row 0 of column 'picture' is a int"):
         predictor.predict([{"picture": 3}])
+    with pytest.raises(UsageError, match="takes image input"):
+        optimize("zero-one", quantize_method="int8-dynamic", registry=registry)
 
 
 @settings(max_examples=60, deadline=None)

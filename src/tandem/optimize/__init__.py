@@ -123,6 +123,13 @@ def optimize(
     with contextlib.nullcontext(registry) if registry is not None else Registry() as reg:
         source = reg.get(model)
         bundle = load_bundle(source.path, expected_digest=source.digest)
+        special = [c.kind for c in bundle.manifest.inputs if c.kind in ("image", "text", "items")]
+        if special:
+            raise UsageError(
+                f"{source.ref} takes {special[0]} input: optimize rebuilds a version's test split "
+                "from a table for now; the text model's int8 figure is measured by "
+                "benchmarks/bench_optimize_text.py"
+            )
         if bundle.manifest.task not in SUPERVISED:
             raise UsageError(
                 f"{source.ref} is a {bundle.manifest.task} model: optimize gates a candidate on "

@@ -496,6 +496,7 @@ def kind_of(data: Any, target: str | None, ignore: Sequence[str] = ()) -> Kind:
     elif isinstance(data, pa.Table):
         head = data
     elif type(data).__module__.startswith("pandas"):
+        check_unique_columns([str(c) for c in data.columns], "the DataFrame")
         head = pa.Table.from_pandas(data.head(2000), preserve_index=False)
     if head is not None and image_column(head, target) is not None:
         return "image"
