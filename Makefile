@@ -58,6 +58,7 @@ bench: $(VENV)/.installed-bench $(EVIDENTLY)
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_optimize.py
 	$(BIN)/python benchmarks/bench_optimize_text.py
+	$(BIN)/python benchmarks/bench_kinds.py
 
 clean:
 	rm -rf $(VENV) .venv-evidently .tandem .pytest_cache .mypy_cache .ruff_cache

@@ -112,6 +112,20 @@ def throughput(
     }
 
 
+def show(key: str, value: Any) -> None:
+    """Print one result of a section as soon as it is measured."""
+    if isinstance(value, list):
+        base = value[-1][1]
+        rows = [[v[0], f"{v[1]:.4f}", f"{v[1] - base:+.4f}" if v is not value[-1] else "",
+                 *([f"{v[2]:.0f} s" if v[2] else ""] if len(v) > 2 else [])]
+                for v in value]  # fmt: skip
+        print(text_table(["", key, "vs last row", *(["fit"] if len(value[0]) > 2 else [])], rows))
+    elif isinstance(value, dict):
+        print(key + ": " + ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()))  # fmt: skip
+    sys.stdout.flush()
+
+
 def images(serve_s: float) -> dict[str, Any]:
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
@@ -144,6 +158,7 @@ def images(serve_s: float) -> dict[str, Any]:
         table = [["tandem CNN (image folder)", result.leaderboard[0].test["accuracy"], seconds]]
         for label, model in baselines.items():
             table.append([label, float(np.mean(model.predict(X[test]) == y[test])), None])
+        show("accuracy", table)
         files = sorted(folder.glob("*/*.png"))
         rows = [{"image": base64.b64encode(f.read_bytes()).decode()} for f in files[:200]]
         speed = throughput("digits", home, rows, [folder], serve_s)
@@ -188,6 +203,7 @@ def text(serve_s: float) -> dict[str, Any]:
             ["TF-IDF + logistic regression", float(np.mean(predicted == y[split.test])),
              time.perf_counter() - t1],
         ]  # fmt: skip
+        show("accuracy", table)
         rows = [{"text": texts[i]} for i in split.test[:100]]
         speed = throughput("bbc", home, rows, [path], serve_s)
     return {"accuracy": table, "test_rows": len(split.test), "throughput": speed}
@@ -284,16 +300,8 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown section {section}: choose from {SECTIONS}")
         for key, value in r.items():
-            if isinstance(value, list):
-                base = value[-1][1]
-                rows = [[v[0], f"{v[1]:.4f}", f"{v[1] - base:+.4f}" if v is not value[-1] else "",
-                         *([f"{v[2]:.0f} s" if len(v) > 2 and v[2] else ""] if len(v) > 2 else [])]
-                        for v in value]  # fmt: skip
-                head = ["", key, "vs last row", *(["fit"] if len(value[0]) > 2 else [])]
-                print(text_table(head, rows))
-            elif isinstance(value, dict):
-                print(key + ": " + ", ".join(
-                    f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()))  # fmt: skip
+            if key != "accuracy" or section not in ("images", "text"):  # shown already
+                show(key, value)
     path = write_json("bench_kinds", {"machine": machine(), "args": vars(args), **results})
     print(f"\nresults in {path}")
 

@@ -80,6 +80,11 @@ def test_a_long_text_is_read_in_chunks_and_scores_the_same_in_any_batch(trained:
     assert ids.shape[0] == 32 and ids.shape[1] == 2 and ids.shape[2] == 2  # tokens, chunks, rows
     assert mask[:, 1, 0].sum() > 0 and mask[:, 1, 1].sum() == 0  # the short text has one chunk
     together = predictor.predict({"text": [long, short, long]})
+    # more texts than one ONNX Runtime call takes: run in parts, each trimmed, same answers
+    many = [long, short] * 20
+    parts = predictor.predict({"text": many})
+    assert list(parts["label"]) == [together["label"][0], together["label"][1]] * 20
+    np.testing.assert_allclose(parts["proba_tech"][:2], together["proba_tech"][:2], atol=1e-6)
     for i, text in enumerate([long, short, long]):
         alone = predictor.predict({"text": [text]})
         assert alone["label"][0] == together["label"][i]

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from tandem.bundle.graph import GraphBuilder
-from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT, split_kinds
+from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT, graph_feed, split_kinds
 from tandem.data.schema import ColumnSpec, coerce_column
 
-__all__ = ["MAX_CATEGORIES", "Preprocessor"]
+__all__ = ["MAX_CATEGORIES", "Preprocessor", "feed_of"]
 
 MAX_CATEGORIES = 50
 
@@ -162,6 +162,12 @@ class Preprocessor:
                 )
             }
         return out
+
+
+def feed_of(pre: Preprocessor, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The graph feed of coerced columns (the inputs :meth:`Preprocessor.to_onnx` declares)."""
+    numeric, categorical = split_kinds(pre.columns)
+    return graph_feed([columns[c.name] for c in numeric], [columns[c.name] for c in categorical])
 
 
 def _nanmedian(x: np.ndarray) -> np.ndarray:

@@ -14,25 +14,23 @@ preprocessing makes (:class:`tandem.features.images.ImagePreprocessor`).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
 from tandem.bundle.graph import GraphBuilder
 from tandem.errors import ConfigError
 from tandem.models.base import Family, FitContext
-from tandem.models.mlp import check_monitor, evaluator, export_onnx
+from tandem.models.mlp import check_monitor, embed_module, evaluator
 from tandem.training.loop import (
     EpochRecord,
     LoopConfig,
     TorchOptions,
-    best_epoch,
     fit_torch,
     resolve_hardware,
+    run_summary,
 )
 
 __all__ = ["CNN"]
@@ -142,10 +140,8 @@ class CNN(Family):
         return np.concatenate(out) if out else np.zeros((0, 0))
 
     def to_onnx(self, g: GraphBuilder, features: str) -> str:
-        example = (torch.zeros(1, *self.input_shape_, dtype=torch.float32),)
-        graph = export_onnx(self.scored_, example, {"x": {0: "n"}}, ["y"])
-        (out,) = g.embed(onnx.load_from_string(graph), {"x": features}, "cnn")
-        return out
+        example = torch.zeros(1, *self.input_shape_, dtype=torch.float32)
+        return embed_module(g, self.scored_, example, features, "cnn")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -154,8 +150,5 @@ class CNN(Family):
             "shift": self.shift,
             "parameters": self.parameters_,
             "input": list(self.input_shape_),
-            "loop": dataclasses.asdict(self.config),
-            "epochs": len(self.history_),
-            "best_epoch": best_epoch(self.history_, self.config),
-            "history": [h.to_json() for h in self.history_],
+            **run_summary(self.history_, self.config),
         }

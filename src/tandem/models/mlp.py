@@ -25,15 +25,16 @@ from tandem.training.loop import (
     EpochRecord,
     LoopConfig,
     TorchOptions,
-    best_epoch,
     fit_torch,
     resolve_hardware,
+    run_summary,
 )
 from tandem.training.metrics import metric_names, score
 
 __all__ = [
     "MLP",
     "check_monitor",
+    "embed_module",
     "evaluator",
     "export_onnx",
     "network",
@@ -133,19 +134,15 @@ class MLP(Family):
         return np.asarray(out if self.task_ == "classification" else out[:, 0])
 
     def to_onnx(self, g: GraphBuilder, features: str) -> str:
-        example = (torch.zeros(1, self.n_features_, dtype=torch.float64),)
-        graph = export_onnx(self.scored_, example, {"x": {0: "n"}}, ["y"])
-        (out,) = g.embed(onnx.load_from_string(graph), {"x": features}, "mlp")
-        return out
+        return embed_module(
+            g, self.scored_, torch.zeros(1, self.n_features_, dtype=torch.float64), features, "mlp"
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
             "hidden": self.widths_,
             "dropout": self.dropout,
-            "loop": dataclasses.asdict(self.config),
-            "epochs": len(self.history_),
-            "best_epoch": best_epoch(self.history_, self.config),
-            "history": [h.to_json() for h in self.history_],
+            **run_summary(self.history_, self.config),
         }
 
 
@@ -168,6 +165,16 @@ def export_onnx(
             opset_version=OPSET, dynamo=False,
         )  # fmt: skip
     return buffer.getvalue()
+
+
+def embed_module(
+    g: GraphBuilder, module: nn.Module, example: torch.Tensor, features: str, hint: str
+) -> str:
+    """Export ``module`` (one input shaped like ``example``, rows first; one output) and wire
+    it into ``g`` after ``features``; returns its output."""
+    graph = export_onnx(module, (example,), {"x": {0: "n"}}, ["y"])
+    (out,) = g.embed(onnx.load_from_string(graph), {"x": features}, hint)
+    return out
 
 
 def check_monitor(config: LoopConfig, task: Task, n_classes: int) -> None:

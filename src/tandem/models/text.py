@@ -11,7 +11,6 @@ imports no torch.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import nn
 
 from tandem.errors import ConfigError
 from tandem.models.mlp import evaluator, export_onnx
-from tandem.training.loop import LoopConfig, best_epoch, fit_torch
+from tandem.training.loop import LoopConfig, fit_torch, run_summary
 
 __all__ = [
     "MAX_TOKENS",
@@ -258,12 +257,7 @@ class TextClassifier:
             "max_tokens": self.max_tokens,
             "chunks": self.chunks,
             "fine_tune_layers": self.fine_tune_layers,
-            "head": {
-                "loop": dataclasses.asdict(self.config),
-                "epochs": len(self.history_),
-                "best_epoch": best_epoch(self.history_, self.config),
-            },
-            "history": [h.to_json() for h in self.history_],
+            "head": run_summary(self.history_, self.config),
         }
 
 

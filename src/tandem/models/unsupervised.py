@@ -20,11 +20,9 @@ rows), so they compare across columns and versions of the same data.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
-import onnx
 import torch
 from sklearn import decomposition
 from sklearn.cluster import KMeans as SkKMeans
@@ -36,8 +34,8 @@ from tandem.bundle.outputs import Outputs
 from tandem.data.schema import Task
 from tandem.errors import ConfigError, DataError
 from tandem.models.base import Family, FitContext
-from tandem.models.mlp import export_onnx
-from tandem.training.loop import EpochRecord, LoopConfig, fit_torch
+from tandem.models.mlp import embed_module
+from tandem.training.loop import EpochRecord, LoopConfig, fit_torch, run_summary
 
 __all__ = ["PCA", "UNSUPERVISED", "UNSUPERVISED_TASKS", "Autoencoder", "KMeans", "Unsupervised"]
 
@@ -276,19 +274,15 @@ class Autoencoder(Unsupervised):
         }
 
     def to_onnx(self, g: GraphBuilder, features: str) -> str:
-        example = (torch.zeros(1, self.n_features_, dtype=torch.float64),)
-        graph = export_onnx(self.scored_, example, {"x": {0: "n"}}, ["y"])
-        (out,) = g.embed(onnx.load_from_string(graph), {"x": features}, "autoencoder")
-        return out
+        example = torch.zeros(1, self.n_features_, dtype=torch.float64)
+        return embed_module(g, self.scored_, example, features, "autoencoder")
 
     def describe(self) -> dict[str, Any]:
         return {
             "widths": self.widths_,
             "threshold": self.threshold_,
             "contamination": self.contamination,
-            "loop": dataclasses.asdict(self.config),
-            "epochs": len(self.history_),
-            "history": [h.to_json() for h in self.history_],
+            **run_summary(self.history_, self.config),
         }
 
 

@@ -151,15 +151,10 @@ def train_images(
         g.output(family.to_onnx(g, pre.to_onnx(g)), outputs.graph_output, "double", [None, None])
         graph = g.build().SerializeToString()
         pixels, sizes = image_feed(by_split["test"])
-        frozen_out = make_session(graph).run(None, {IMAGE_INPUT: pixels, IMAGE_SIZE_INPUT: sizes})[
-            0
-        ]
-        parity = float(np.max(np.abs(frozen_out - family.predict(X["test"]))))
-        if not parity <= supervised.PARITY_TOLERANCE:
-            raise TrainingError(
-                f"the exported image model differs from the trained one by {parity:.2e}; "
-                "nothing was registered"
-            )
+        frozen_out = make_session(graph).run(None, {IMAGE_INPUT: pixels, IMAGE_SIZE_INPUT: sizes})
+        parity = supervised.check_parity(
+            frozen_out[0], family.predict(X["test"]), supervised.PARITY_TOLERANCE, "image model"
+        )
         stats = image_statistics(by_split["train"], column)
         frozen = supervised.Frozen(
             outputs=outputs, target=target, inputs=(ColumnSpec(name=column, kind="image"),),
@@ -177,14 +172,19 @@ def train_images(
             },
             sections={"image": pre.state()},
         )  # fmt: skip
-    version = supervised.register_frozen(
-        frozen, meter.profile, epochs, name=name, parent=parent, description=description,
-        registry=registry, on_progress=on_progress, total=total,
-    )  # fmt: skip
-    return supervised.TrainResult(
-        version, task, "cnn", [best], meter.profile, parity, frozen.rows,
-        supervised.Pipeline(pre, family), split,
-    )  # fmt: skip
+    return supervised.finish(
+        frozen,
+        meter,
+        epochs,
+        pipeline=supervised.Pipeline(pre, family),
+        split=split,
+        name=name,
+        parent=parent,
+        description=description,
+        registry=registry,
+        on_progress=on_progress,
+        total=total,
+    )
 
 
 def _decode(table: pa.Table, column: str) -> list[np.ndarray]:

@@ -36,6 +36,7 @@ __all__ = [
     "best_epoch",
     "fit_torch",
     "resolve_hardware",
+    "run_summary",
 ]
 
 Schedule = Literal["warmup-cosine", "one-cycle", "plateau", "constant"]
@@ -177,6 +178,17 @@ def best_epoch(history: Sequence[EpochRecord], config: LoopConfig) -> int | None
     if not values:
         return None
     return int(np.argmin(values) if config.lower_is_better else np.argmax(values)) + 1
+
+
+def run_summary(history: Sequence[EpochRecord], config: LoopConfig) -> dict[str, Any]:
+    """How a loop ran, for a family's ``describe``: its settings, the epochs run, the one kept,
+    and every epoch's record (``tandem models curves`` draws them)."""
+    return {
+        "loop": asdict(config),
+        "epochs": len(history),
+        "best_epoch": best_epoch(history, config),
+        "history": [h.to_json() for h in history],
+    }
 
 
 def _warmup_cosine(cfg: LoopConfig, steps_per_epoch: int) -> Callable[[int], float]:

@@ -154,13 +154,8 @@ def train_recommender(
         )
         sample = [h for h, _ in held["validation"]]
         live = _live(embeddings, prior, sample)
-        parity = float(
-            np.max(
-                np.abs(
-                    np.where(np.isfinite(live), live, 0)
-                    - np.where(np.isfinite(scores["validation"]), scores["validation"], 0)
-                )
-            )
+        parity = supervised.check_parity(
+            scores["validation"], live, supervised.PARITY_TOLERANCE, "recommender"
         )
         lengths = np.array([len(h) for h, _ in held["validation"]], dtype=np.float64)
         stats = {f"{HISTORY}.length": lengths, f"{HISTORY}.unknown_share": np.zeros_like(lengths)}
@@ -185,20 +180,18 @@ def train_recommender(
             files={CATALOG: sink.getvalue().to_pybytes()},
             sections={"rank": rules.spec},
         )  # fmt: skip
-    version = supervised.register_frozen(
-        frozen, meter.profile, epochs, name=name, parent=parent, description=description,
-        registry=registry, on_progress=on_progress, total=total,
-    )  # fmt: skip
-    return supervised.TrainResult(
-        version,
-        "ranking",
-        "svd",
-        [best],
-        meter.profile,
-        parity,
-        frozen.rows,
-        supervised.Pipeline(_Positions(position), _Embeddings(embeddings, prior)),
-        split,
+    return supervised.finish(
+        frozen,
+        meter,
+        epochs,
+        split=split,
+        name=name,
+        parent=parent,
+        description=description,
+        pipeline=supervised.Pipeline(_Positions(position), _Embeddings(embeddings, prior)),
+        registry=registry,
+        on_progress=on_progress,
+        total=total,
     )
 
 

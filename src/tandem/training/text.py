@@ -171,12 +171,9 @@ def train_text(
         g.output(out, outputs.graph_output, "double", [None, None])
         graph = g.build().SerializeToString()
         frozen_out = make_session(graph).run(None, feeds["test"])[0]
-        parity = float(np.max(np.abs(frozen_out - predicted["test"]))) if frozen_out.size else 0.0
-        if not parity <= supervised.PARITY_TOLERANCE:
-            raise TrainingError(
-                f"the exported text model differs from the trained one by {parity:.2e}; "
-                "nothing was registered"
-            )
+        parity = supervised.check_parity(
+            frozen_out, predicted["test"], supervised.PARITY_TOLERANCE, "text model"
+        )
         stats = tokens.statistics(by_split["train"], column)
         frozen = supervised.Frozen(
             outputs=outputs, target=target, inputs=(ColumnSpec(name=column, kind="text"),),
@@ -194,14 +191,19 @@ def train_text(
             files={TOKENIZER: tokens.tokenizer_json.encode()},
             sections={"text": {"tokenizer": TOKENIZER, **tokens.state()}},
         )  # fmt: skip
-    version = supervised.register_frozen(
-        frozen, meter.profile, epochs, name=name, parent=parent, description=description,
-        registry=registry, on_progress=on_progress, total=total,
-    )  # fmt: skip
-    return supervised.TrainResult(
-        version, "classification", TextClassifier.name, [best], meter.profile, parity,
-        frozen.rows, supervised.Pipeline(_Features(tokens, column), classifier), split,
-    )  # fmt: skip
+    return supervised.finish(
+        frozen,
+        meter,
+        epochs,
+        pipeline=supervised.Pipeline(_Features(tokens, column), classifier),
+        split=split,
+        name=name,
+        parent=parent,
+        description=description,
+        registry=registry,
+        on_progress=on_progress,
+        total=total,
+    )
 
 
 class _Features:

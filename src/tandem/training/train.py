@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from tandem.bundle import Manifest, write_bundle
 from tandem.bundle.graph import GraphBuilder
-from tandem.bundle.manifest import REFERENCE_SAMPLE, graph_feed, split_kinds
+from tandem.bundle.manifest import REFERENCE_SAMPLE
 from tandem.bundle.outputs import Outputs
 from tandem.config import Settings
 from tandem.data.images import is_image_folder
@@ -36,7 +36,7 @@ from tandem.data.readers import check_unique_columns, detect_format, list_parts,
 from tandem.data.schema import ColumnSpec, Task, coerce_column, infer_columns, infer_task
 from tandem.data.split import Split, split_indices
 from tandem.errors import ConfigError, DataError, TrainingError
-from tandem.features.preprocess import Preprocessor
+from tandem.features.preprocess import Preprocessor, feed_of
 from tandem.inference.runtime import make_session
 from tandem.ledger.meter import Meter, Profile
 from tandem.ledger.records import EpochLog, run_record
@@ -226,10 +226,7 @@ def parity_of(
     graph: bytes, pre: Preprocessor, family: Family, columns: dict[str, np.ndarray], X: np.ndarray
 ) -> float:
     """Largest difference between the graph's and the in-memory model's predictions."""
-    session = make_session(graph)
-    numeric, categorical = split_kinds(pre.columns)
-    feed = graph_feed([columns[c.name] for c in numeric], [columns[c.name] for c in categorical])
-    frozen = session.run(None, feed)[0]
+    frozen = make_session(graph).run(None, feed_of(pre, columns))[0]
     live = family.predict(X).reshape(frozen.shape)
     return float(np.max(np.abs(frozen - live))) if frozen.size else 0.0
 
@@ -556,6 +553,40 @@ class Frozen:
     files: Mapping[str, bytes] = field(default_factory=dict)
     #: more top-level manifest sections (how inputs are encoded, how outputs are ranked)
     sections: Mapping[str, Any] = field(default_factory=dict)
+
+
+def finish(
+    frozen: Frozen, meter: Meter, epochs: EpochLog, *, pipeline: Pipeline, split: Split,
+    name: str, parent: int | None, description: str, registry: Registry | None,
+    on_progress: Callable[[ProgressEvent], None] | None, total: int,
+) -> TrainResult:  # fmt: skip
+    """Register ``frozen`` (see :func:`register_frozen`) and say what the run made: the end of
+    every kind's training flow."""
+    version = register_frozen(
+        frozen, meter.profile, epochs, name=name, parent=parent, description=description,
+        registry=registry, on_progress=on_progress, total=total,
+    )  # fmt: skip
+    return TrainResult(
+        version, frozen.outputs.task, frozen.best.family, frozen.leaderboard, meter.profile,
+        frozen.parity, frozen.rows, pipeline, split,
+    )  # fmt: skip
+
+
+def check_parity(frozen: np.ndarray, live: np.ndarray, tolerance: float, what: str) -> float:
+    """The largest difference between the graph's and the in-memory model's outputs; a
+    TrainingError (nothing registered) when it exceeds ``tolerance``."""
+    finite = np.isfinite(frozen) & np.isfinite(live)
+    if not np.array_equal(np.isfinite(frozen), np.isfinite(live)):
+        raise TrainingError(
+            f"the exported {what} and the trained one disagree on which outputs are finite; nothing was registered"
+        )
+    parity = float(np.max(np.abs(frozen[finite] - live[finite]))) if finite.any() else 0.0
+    if not parity <= tolerance:
+        raise TrainingError(
+            f"the exported {what} differs from the trained one by {parity:.2e} "
+            f"(> {tolerance:.1e}); nothing was registered"
+        )
+    return parity
 
 
 def register_frozen(

@@ -20,7 +20,8 @@ from tandem.data.profile import output_profile, profile_columns
 from tandem.data.schema import coerce_column, infer_columns
 from tandem.data.split import split_indices
 from tandem.errors import ConfigError, TandemError, TrainingError
-from tandem.features.preprocess import Preprocessor
+from tandem.features.preprocess import Preprocessor, feed_of
+from tandem.inference.runtime import make_session
 from tandem.ledger.meter import Meter
 from tandem.ledger.records import EpochLog
 from tandem.models.auto import Candidate
@@ -93,15 +94,10 @@ def train_unsupervised(
         )
         outputs = family.outputs
         graph = supervised.build_graph(pre, family, outputs)
-        parity = supervised.parity_of(graph, pre, family, parts["test"], X["test"])
-        tolerance = supervised.PARITY_TOLERANCE * max(
-            1.0, float(np.max(np.abs(family.predict(X["test"])), initial=0.0))
-        )
-        if not parity <= tolerance:
-            raise TrainingError(
-                f"the exported {model} graph differs from the fitted one by {parity:.2e} "
-                f"(> {tolerance:.1e}); nothing was registered"
-            )
+        frozen_out = make_session(graph).run(None, feed_of(pre, parts["test"]))[0]
+        live = family.predict(X["test"]).reshape(frozen_out.shape)
+        tolerance = supervised.PARITY_TOLERANCE * max(1.0, float(np.max(np.abs(live), initial=0.0)))
+        parity = supervised.check_parity(frozen_out, live, tolerance, f"{model} graph")
         reference_outputs = output_profile(output_columns(outputs, family.predict(X["validation"])))
         frozen = supervised.Frozen(
             outputs=outputs, target="", inputs=tuple(pre.columns), leaderboard=[best], best=best,
@@ -116,14 +112,19 @@ def train_unsupervised(
                 "seed": seed, "ignore": list(ignore), "params": dict(params or {}),
             },
         )  # fmt: skip
-    version = supervised.register_frozen(
-        frozen, meter.profile, epochs, name=name, parent=parent, description=description,
-        registry=registry, on_progress=on_progress, total=total,
-    )  # fmt: skip
-    return supervised.TrainResult(
-        version, family.task, model, [best], meter.profile, parity, frozen.rows,
-        supervised.Pipeline(pre, family), split,
-    )  # fmt: skip
+    return supervised.finish(
+        frozen,
+        meter,
+        epochs,
+        pipeline=supervised.Pipeline(pre, family),
+        split=split,
+        name=name,
+        parent=parent,
+        description=description,
+        registry=registry,
+        on_progress=on_progress,
+        total=total,
+    )
 
 
 def _construct(model: str, params: Mapping[str, Any] | None) -> Unsupervised:
