@@ -198,7 +198,7 @@ def text(serve_s: float) -> dict[str, Any]:
         )
         predicted = baseline.predict(tfidf.transform([texts[i] for i in split.test]))
         table = [
-            ["tandem: MiniLM-L6 (frozen, 256 tokens × 4 chunks) + head",
+            ["tandem: MiniLM-L6 (frozen, first 256 tokens) + linear head",
              result.leaderboard[0].test["accuracy"], seconds],
             ["TF-IDF + logistic regression", float(np.mean(predicted == y[split.test])),
              time.perf_counter() - t1],

@@ -151,13 +151,15 @@ class TextClassifier:
     ``fine_tune_layers`` > 0 also trains the encoder's top layers (at ``encoder_lr``) with the
     head, for ``fine_tune_epochs`` passes (the best on validation is kept); the layers below
     are run once and their output reused. ``max_tokens`` and ``chunks``: how much of a text is
-    read (see :mod:`tandem.features.text`). The head's settings are the loop's
+    read (see :mod:`tandem.features.text`); one chunk by default: on BBC News four chunks of
+    256 tokens (the whole article) scored 0.967 against 0.970 for the first 256 tokens, at
+    2.2× the cost. The head's settings are the loop's
     (:class:`~tandem.training.loop.LoopConfig`: ``lr``, ``max_epochs``, ``patience``, ...)."""
 
     name = "encoder"
 
     def __init__(
-        self, *, max_tokens: int = 256, chunks: int = 4, fine_tune_layers: int = 0,
+        self, *, max_tokens: int = 256, chunks: int = 1, fine_tune_layers: int = 0,
         fine_tune_epochs: int = 4, encoder_lr: float = 5e-5, **loop: Any,
     ) -> None:  # fmt: skip
         if not 8 <= max_tokens <= 512:
