@@ -32,6 +32,8 @@ log = logging.getLogger("tandem.serving")
 RETRY_FAILED_S = 30.0
 #: warm-up batch sizes; each runs five times and the fastest later run seeds the cost model
 WARMUP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: seconds of warm-up runs at one size after which larger sizes are not warmed
+WARMUP_SIZE_S = 1.0
 
 
 @dataclass
@@ -110,6 +112,10 @@ def _warm(predictor: Predictor, batcher: Batcher, compute: Callable[[Any], Outpu
             times.append(time.perf_counter() - t0)
         # the fastest of the runs after the first: noise on a shared machine only adds time
         batcher.observe(n, min(times[1:]))
+        if sum(times) > WARMUP_SIZE_S:
+            # a heavy model (a text encoder: 0.1 s a text here) would warm for minutes up
+            # to 256 rows; the sizes measured so far fit the cost model's line
+            break
 
 
 @dataclass
