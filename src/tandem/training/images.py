@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +42,11 @@ from tandem.models.auto import Candidate
 from tandem.models.base import FitContext
 from tandem.models.cnn import CNN
 from tandem.monitoring.predictions import output_columns
-from tandem.registry import Registry
 from tandem.training.loop import TorchOptions
 from tandem.training.metrics import score
 
 if TYPE_CHECKING:
-    from tandem.training.train import ProgressEvent, TrainResult
+    from tandem.training.train import Run, TrainResult
 
 __all__ = ["CLASS", "image_column", "train_images"]
 
@@ -72,10 +71,8 @@ def image_column(table: pa.Table, target: str | None) -> str | None:
 
 
 def train_images(
-    data: Any, *, target: str | None, name: str, model: str, seed: int,
-    params: Mapping[str, Any] | None, registry: Registry | None,
-    on_progress: Callable[[ProgressEvent], None] | None, parent: int | None, description: str,
-    torch: TorchOptions | None, time_budget: float | None,
+    data: Any, run: Run, *, target: str | None, model: str, seed: int,
+    params: Mapping[str, Any] | None, torch: TorchOptions | None, time_budget: float | None,
 ) -> TrainResult:  # fmt: skip
     """Fit, freeze and register a CNN on images (the work of ``tandem.train`` for an image
     folder or a table with an image column)."""
@@ -99,7 +96,7 @@ def train_images(
     total = 4
     with Meter() as meter:
         epochs = EpochLog(meter)
-        supervised._notify(on_progress, supervised.ProgressEvent(0, total, "reading images"))
+        run.notify(0, total, "reading images")
         if isinstance(data, str | Path) and is_image_folder(data):
             table, source = read_image_folder(data), str(data)
             if CLASS not in table.column_names:
@@ -123,7 +120,7 @@ def train_images(
         pre = ImagePreprocessor.choose(by_split["train"], side, column).fit(by_split["train"])
         X = {k: pre.transform(v) for k, v in by_split.items()}
         ys = {k: y[idx] for k, idx in rows_of.items()}
-        supervised._notify(on_progress, supervised.ProgressEvent(1, total, "training cnn"))
+        run.notify(1, total, "training cnn")
         started = time.monotonic()
         ctx = FitContext(
             task="classification", n_classes=len(classes), seed=seed, torch=torch,
@@ -143,9 +140,7 @@ def train_images(
             time.monotonic() - started,
             chosen=True,
         )
-        supervised._notify(
-            on_progress, supervised.ProgressEvent(2, total, "freezing and verifying")
-        )
+        run.notify(2, total, "freezing and verifying")
         outputs = Outputs("classification", tuple(classes))
         g = GraphBuilder("tandem")
         g.output(family.to_onnx(g, pre.to_onnx(g)), outputs.graph_output, "double", [None, None])
@@ -176,13 +171,9 @@ def train_images(
         frozen,
         meter,
         epochs,
+        run,
         pipeline=supervised.Pipeline(pre, family),
         split=split,
-        name=name,
-        parent=parent,
-        description=description,
-        registry=registry,
-        on_progress=on_progress,
         total=total,
     )
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +52,9 @@ from tandem.ledger.meter import Meter
 from tandem.ledger.records import EpochLog
 from tandem.models.auto import Candidate
 from tandem.monitoring.predictions import decoded_columns
-from tandem.registry import Registry
 
 if TYPE_CHECKING:
-    from tandem.training.train import ProgressEvent, TrainResult
+    from tandem.training.train import Run, TrainResult
 
 __all__ = ["HISTORY", "SETTINGS", "train_recommender"]
 
@@ -69,10 +68,8 @@ FACTORS = (4, 8, 16, 32, 64)
 
 
 def train_recommender(
-    data: Any, *, name: str, model: str, seed: int, params: Mapping[str, Any] | None,
-    registry: Registry | None, on_progress: Callable[[ProgressEvent], None] | None,
-    parent: int | None, description: str,
-) -> TrainResult:  # fmt: skip
+    data: Any, run: Run, *, model: str, seed: int, params: Mapping[str, Any] | None
+) -> TrainResult:
     """Fit, freeze and register a recommender (``tandem.train(..., kind="recommender")``)."""
     from tandem.training import train as supervised
 
@@ -89,7 +86,7 @@ def train_recommender(
     total = 4
     with Meter() as meter:
         epochs = EpochLog(meter)
-        supervised._notify(on_progress, supervised.ProgressEvent(0, total, "reading interactions"))
+        run.notify(0, total, "reading interactions")
         table, source = supervised._as_table(data)
         for column in (user, item):
             if column not in table.column_names:
@@ -119,7 +116,7 @@ def train_recommender(
             + [h for h, _ in held["test"]],
             len(ids),
         )
-        supervised._notify(on_progress, supervised.ProgressEvent(1, total, "factorising"))
+        run.notify(1, total, "factorising")
         started = time.monotonic()
         popularity = np.asarray(matrix.sum(axis=0)).ravel()
         # a small popularity prior: it breaks ties, and ranks for a user with no history
@@ -149,9 +146,7 @@ def train_recommender(
             _metrics(scores["test"], held["test"], popularity, rules.top_k),
             time.monotonic() - started, chosen=True,
         )  # fmt: skip
-        supervised._notify(
-            on_progress, supervised.ProgressEvent(2, total, "freezing and verifying")
-        )
+        run.notify(2, total, "freezing and verifying")
         sample = [h for h, _ in held["validation"]]
         live = _live(embeddings, prior, sample)
         parity = supervised.check_parity(
@@ -184,13 +179,9 @@ def train_recommender(
         frozen,
         meter,
         epochs,
+        run,
         split=split,
-        name=name,
-        parent=parent,
-        description=description,
         pipeline=supervised.Pipeline(_Positions(position), _Embeddings(embeddings, prior)),
-        registry=registry,
-        on_progress=on_progress,
         total=total,
     )
 

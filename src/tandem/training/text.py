@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,11 +32,10 @@ from tandem.ledger.records import EpochLog
 from tandem.models.auto import Candidate
 from tandem.models.text import TextClassifier, encoder_folder
 from tandem.monitoring.predictions import output_columns
-from tandem.registry import Registry
 from tandem.training.metrics import score
 
 if TYPE_CHECKING:
-    from tandem.training.train import ProgressEvent, TrainResult
+    from tandem.training.train import Run, TrainResult
 
 __all__ = ["TOKENIZER", "looks_like_text", "text_column", "train_text"]
 
@@ -97,10 +96,8 @@ def text_column(table: pa.Table, target: str, ignore: Sequence[str]) -> str:
 
 
 def train_text(
-    data: Any, *, target: str, name: str, model: str, task: str, seed: int,
-    ignore: Sequence[str], params: Mapping[str, Any] | None, registry: Registry | None,
-    on_progress: Callable[[ProgressEvent], None] | None, parent: int | None, description: str,
-    time_budget: float | None,
+    data: Any, run: Run, *, target: str, model: str, task: str, seed: int,
+    ignore: Sequence[str], params: Mapping[str, Any] | None, time_budget: float | None,
 ) -> TrainResult:  # fmt: skip
     """Fit, freeze and register a text classifier (the work of ``tandem.train`` for a table
     whose feature is one column of texts)."""
@@ -124,7 +121,7 @@ def train_text(
     total = 4
     with Meter() as meter:
         epochs = EpochLog(meter)
-        supervised._notify(on_progress, supervised.ProgressEvent(0, total, "reading data"))
+        run.notify(0, total, "reading data")
         table, source = supervised._as_table(data)
         column = text_column(table, target, ignore)
         table, _, classes, y = supervised.prepare_target(table, target, "classification")
@@ -137,9 +134,7 @@ def train_text(
         by_split = {k: [texts[i] for i in idx] for k, idx in rows_of.items()}
         feeds = {k: tokens.feed(v, column) for k, v in by_split.items()}
         ys = {k: y[idx] for k, idx in rows_of.items()}
-        supervised._notify(
-            on_progress, supervised.ProgressEvent(1, total, "training encoder + head")
-        )
+        run.notify(1, total, "training encoder + head")
         started = time.monotonic()
         deadline = math.inf if time_budget is None else started + time_budget
         try:
@@ -161,9 +156,7 @@ def train_text(
             time.monotonic() - started,
             chosen=True,
         )
-        supervised._notify(
-            on_progress, supervised.ProgressEvent(2, total, "freezing and verifying")
-        )
+        run.notify(2, total, "freezing and verifying")
         outputs = Outputs("classification", tuple(classes))
         g = GraphBuilder("tandem")
         inputs = {n: g.input(n, "int64", [None, None, None]) for n in TEXT_FEED}
@@ -195,13 +188,9 @@ def train_text(
         frozen,
         meter,
         epochs,
+        run,
         pipeline=supervised.Pipeline(_Features(tokens, column), classifier),
         split=split,
-        name=name,
-        parent=parent,
-        description=description,
-        registry=registry,
-        on_progress=on_progress,
         total=total,
     )
 

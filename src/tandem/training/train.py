@@ -61,6 +61,7 @@ __all__ = [
     "Pipeline",
     "ProgressEvent",
     "Rebuilt",
+    "Run",
     "TrainResult",
     "freeze",
     "kind_of",
@@ -361,29 +362,26 @@ def train(
     if kind not in KINDS:
         raise ConfigError(f"unknown kind '{kind}': choose {', '.join(KINDS)}")
     kind = kind_of(data, target, ignore) if kind == "auto" else kind
+    run = Run(name=name, parent=parent, description=description, registry=registry,
+              on_progress=on_progress)  # fmt: skip
     if kind == "recommender":
         if target is not None:
             raise ConfigError(
                 "a recommender learns from (user, item) rows, not a target: leave out --target "
                 "and name the columns with --param user=... --param item=..."
             )
-        return train_recommender(
-            data, name=name, model=model, seed=seed, params=params, registry=registry,
-            on_progress=on_progress, parent=parent, description=description,
-        )  # fmt: skip
+        return train_recommender(data, run, model=model, seed=seed, params=params)
     if kind == "text":
         if target is None:
             raise ConfigError("a text model learns a label: name its column with --target")
         return train_text(
-            data, target=target, name=name, model=model, task=task, seed=seed, ignore=ignore,
-            params=params, registry=registry, on_progress=on_progress, parent=parent,
-            description=description, time_budget=time_budget,
+            data, run, target=target, model=model, task=task, seed=seed, ignore=ignore,
+            params=params, time_budget=time_budget,
         )  # fmt: skip
     if kind == "image":
         return train_images(
-            data, target=target, name=name, model=model, seed=seed, params=params,
-            registry=registry, on_progress=on_progress, parent=parent, description=description,
-            torch=torch, time_budget=time_budget,
+            data, run, target=target, model=model, seed=seed, params=params, torch=torch,
+            time_budget=time_budget,
         )  # fmt: skip
     if kind == "unsupervised" and target is not None:
         raise ConfigError("--kind unsupervised learns without a target: leave out --target")
@@ -397,9 +395,8 @@ def train(
                 raise ConfigError(f"{model} does not do {task}; {UNSUPERVISED_TASKS[task]} does")
             model = UNSUPERVISED_TASKS[task]  # type: ignore[assignment]
         return train_unsupervised(
-            data, name=name, model=model, seed=seed, ignore=ignore, params=params,
-            registry=registry, on_progress=on_progress, parent=parent, description=description,
-            torch=torch, time_budget=time_budget,
+            data, run, model=model, seed=seed, ignore=ignore, params=params, torch=torch,
+            time_budget=time_budget,
         )  # fmt: skip
     if model in UNSUPERVISED:
         raise ConfigError(
@@ -555,16 +552,30 @@ class Frozen:
     sections: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """Where a training run registers and whom it tells: the same for every kind's flow."""
+
+    name: str
+    parent: int | None
+    description: str
+    registry: Registry | None
+    on_progress: Callable[[ProgressEvent], None] | None
+
+    def notify(self, step: int, total: int, message: str) -> None:
+        _notify(self.on_progress, ProgressEvent(step, total, message))
+
+
 def finish(
-    frozen: Frozen, meter: Meter, epochs: EpochLog, *, pipeline: Pipeline, split: Split,
-    name: str, parent: int | None, description: str, registry: Registry | None,
-    on_progress: Callable[[ProgressEvent], None] | None, total: int,
+    frozen: Frozen, meter: Meter, epochs: EpochLog, run: Run, *, pipeline: Pipeline,
+    split: Split, total: int,
 ) -> TrainResult:  # fmt: skip
     """Register ``frozen`` (see :func:`register_frozen`) and say what the run made: the end of
     every kind's training flow."""
     version = register_frozen(
-        frozen, meter.profile, epochs, name=name, parent=parent, description=description,
-        registry=registry, on_progress=on_progress, total=total,
+        frozen, meter.profile, epochs, name=run.name, parent=run.parent,
+        description=run.description, registry=run.registry, on_progress=run.on_progress,
+        total=total,
     )  # fmt: skip
     return TrainResult(
         version, frozen.outputs.task, frozen.best.family, frozen.leaderboard, meter.profile,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,11 +29,10 @@ from tandem.models.base import FitContext
 from tandem.models.unsupervised import UNSUPERVISED, Unsupervised
 from tandem.monitoring.predictions import output_columns
 from tandem.monitoring.sample import reference_sample, sample_to_table
-from tandem.registry import Registry
 from tandem.training.loop import TorchOptions
 
 if TYPE_CHECKING:
-    from tandem.training.train import ProgressEvent, TrainResult
+    from tandem.training.train import Run, TrainResult
 
 __all__ = ["DEFAULT_MODEL", "train_unsupervised"]
 
@@ -42,10 +41,8 @@ DEFAULT_MODEL = "kmeans"
 
 
 def train_unsupervised(
-    data: Any, *, name: str, model: str, seed: int,
-    ignore: Sequence[str], params: Mapping[str, Any] | None, registry: Registry | None,
-    on_progress: Callable[[ProgressEvent], None] | None, parent: int | None, description: str,
-    torch: TorchOptions | None, time_budget: float | None,
+    data: Any, run: Run, *, model: str, seed: int, ignore: Sequence[str],
+    params: Mapping[str, Any] | None, torch: TorchOptions | None, time_budget: float | None,
 ) -> TrainResult:  # fmt: skip
     """Fit, freeze and register one unsupervised family (the work of ``tandem.train`` when
     no target is given); returns a :class:`~tandem.training.train.TrainResult`."""
@@ -63,7 +60,7 @@ def train_unsupervised(
     total = 4
     with Meter() as meter:
         epochs = EpochLog(meter)
-        supervised._notify(on_progress, supervised.ProgressEvent(0, total, "reading data"))
+        run.notify(0, total, "reading data")
         table, source = supervised._as_table(data)
         specs = infer_columns(table, target="", ignore=ignore)
         columns = {s.name: coerce_column(s, table.column(s.name)) for s in specs}
@@ -72,7 +69,7 @@ def train_unsupervised(
         parts = {k: {c: v[i] for c, v in columns.items()} for k, i in rows_of.items()}
         pre = Preprocessor(specs).fit(parts["train"])
         X = {k: pre.transform(v) for k, v in parts.items()}
-        supervised._notify(on_progress, supervised.ProgressEvent(1, total, f"training {model}"))
+        run.notify(1, total, f"training {model}")
         started = time.monotonic()
         ctx = FitContext(
             task=family.task, n_classes=0, seed=seed, on_epoch=epochs.fit(model, "fit"),
@@ -89,9 +86,7 @@ def train_unsupervised(
             model, family.evaluate(X["validation"]), family.evaluate(X["test"]),
             time.monotonic() - started, chosen=True,
         )  # fmt: skip
-        supervised._notify(
-            on_progress, supervised.ProgressEvent(2, total, "freezing and verifying")
-        )
+        run.notify(2, total, "freezing and verifying")
         outputs = family.outputs
         graph = supervised.build_graph(pre, family, outputs)
         frozen_out = make_session(graph).run(None, feed_of(pre, parts["test"]))[0]
@@ -116,13 +111,9 @@ def train_unsupervised(
         frozen,
         meter,
         epochs,
+        run,
         pipeline=supervised.Pipeline(pre, family),
         split=split,
-        name=name,
-        parent=parent,
-        description=description,
-        registry=registry,
-        on_progress=on_progress,
         total=total,
     )
 
