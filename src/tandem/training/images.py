@@ -167,15 +167,10 @@ def train_images(
             },
             sections={"image": pre.state()},
         )  # fmt: skip
+    pipeline = supervised.Pipeline(pre, family)
     return supervised.finish(
-        frozen,
-        meter,
-        epochs,
-        run,
-        pipeline=supervised.Pipeline(pre, family),
-        split=split,
-        total=total,
-    )
+        frozen, meter, epochs, run, pipeline=pipeline, split=split, total=total
+    )  # fmt: skip
 
 
 def _decode(table: pa.Table, column: str) -> list[np.ndarray]:

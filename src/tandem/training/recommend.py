@@ -175,15 +175,10 @@ def train_recommender(
             files={CATALOG: sink.getvalue().to_pybytes()},
             sections={"rank": rules.spec},
         )  # fmt: skip
+    pipeline = supervised.Pipeline(_Positions(position), _Embeddings(embeddings, prior))
     return supervised.finish(
-        frozen,
-        meter,
-        epochs,
-        run,
-        split=split,
-        pipeline=supervised.Pipeline(_Positions(position), _Embeddings(embeddings, prior)),
-        total=total,
-    )
+        frozen, meter, epochs, run, pipeline=pipeline, split=split, total=total
+    )  # fmt: skip
 
 
 class _Positions:

@@ -184,15 +184,10 @@ def train_text(
             files={TOKENIZER: tokens.tokenizer_json.encode()},
             sections={"text": {"tokenizer": TOKENIZER, **tokens.state()}},
         )  # fmt: skip
+    pipeline = supervised.Pipeline(_Features(tokens, column), classifier)
     return supervised.finish(
-        frozen,
-        meter,
-        epochs,
-        run,
-        pipeline=supervised.Pipeline(_Features(tokens, column), classifier),
-        split=split,
-        total=total,
-    )
+        frozen, meter, epochs, run, pipeline=pipeline, split=split, total=total
+    )  # fmt: skip
 
 
 class _Features:

@@ -107,15 +107,10 @@ def train_unsupervised(
                 "seed": seed, "ignore": list(ignore), "params": dict(params or {}),
             },
         )  # fmt: skip
+    pipeline = supervised.Pipeline(pre, family)
     return supervised.finish(
-        frozen,
-        meter,
-        epochs,
-        run,
-        pipeline=supervised.Pipeline(pre, family),
-        split=split,
-        total=total,
-    )
+        frozen, meter, epochs, run, pipeline=pipeline, split=split, total=total
+    )  # fmt: skip
 
 
 def _construct(model: str, params: Mapping[str, Any] | None) -> Unsupervised:
