@@ -71,6 +71,27 @@ def test_a_text_column_trains_the_encoder_and_a_head(trained: Path) -> None:
     assert [r["label"] for r in out] == ["sport", "money"]
 
 
+def test_fine_tuning_the_top_layer_trains_it_and_exports_what_it_learned(
+    registry: Registry,
+) -> None:
+    table = news(25, seed=2)
+    result = tandem.train(table, target="topic", name="tuned", registry=registry,
+                          params={**SETTINGS, "fine_tune_layers": 1, "fine_tune_epochs": 2,
+                                  "max_epochs": 40})  # fmt: skip
+    described = tandem.load("tuned", registry=registry).manifest.details["model"]
+    assert described["fine_tune_layers"] == 1
+    head_epochs = described["head"]["epochs"]
+    history = result.pipeline.family.history_
+    assert len(history) == head_epochs  # the head's loop; tuning epochs are told to the ledger
+    fits = registry.runs("tuned", 1, phase="train")[0].details["epochs"]
+    assert max(fits[0]["epoch"]) == head_epochs + 2  # two tuning epochs after the head's
+    # the graph holds the tuned layer: parity was checked against the tuned model in memory
+    assert result.parity_max_abs <= 1e-5
+    rows = table.slice(0, 5)
+    frozen = tandem.load("tuned", registry=registry).predict(rows)
+    assert list(frozen.column("label")) == list(rows.column("topic"))
+
+
 def test_a_long_text_is_read_in_chunks_and_scores_the_same_in_any_batch(trained: Path) -> None:
     predictor = tandem.load("news", registry=Registry(Settings(home=trained)))
     long = " ".join(TOPICS["tech"]) + ". " + " ".join(TOPICS["tech"][:2])  # > 32 tokens
