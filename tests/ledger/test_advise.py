@@ -314,7 +314,7 @@ def test_variants_are_the_versions_optimized_from_this_one(models_home: Path) ->
     _register_optimized(models_home, pruned, "int8-dynamic")  # of the pruned one, not num:1
     with Registry(Settings(home=models_home)) as reg:
         variants = optimized_variants(reg, reg.get("num:1"))
-    assert first != newer
+    assert first != newer  # two int8 versions of num:1: the newer is the variant
     assert variants == {"fp32": "num:1", "int8-dynamic": newer, "prune 50%": pruned}
 
 

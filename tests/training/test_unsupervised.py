@@ -52,7 +52,7 @@ def test_kmeans_finds_the_groups_and_every_front_end_agrees(registry: Registry, 
     # one cluster per true group: the clustering recovers the groups (up to naming)
     truth = np.asarray(rows.column("shop").to_pylist())
     pairs = set(zip(truth.tolist(), predicted["cluster"].tolist(), strict=True))
-    assert len(pairs) == 3
+    assert len(pairs) == 3 and len({cluster for _, cluster in pairs}) == 3
     live = result.pipeline.predict({c: rows.column(c).to_numpy() for c in rows.column_names})
     np.testing.assert_allclose(
         predicted[["distance_0", "distance_1", "distance_2"]], live, atol=1e-9

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -110,7 +111,7 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def outputs(self) -> Outputs:
         """What the graph outputs and how it decodes (see :mod:`tandem.bundle.outputs`)."""
         return Outputs(self.task, self.classes, self.width, self.threshold)

@@ -109,6 +109,11 @@ class Outputs:
     def _labels(self) -> np.ndarray:
         return np.asarray(self.classes)
 
+    @cached_property
+    def _ids(self) -> np.ndarray:
+        """The catalog's ids as objects (a slot may hold None), made once, not per batch."""
+        return np.asarray(self.classes, dtype=object)
+
     def decode(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         """The graph's output (n, k) as named columns of n values, in :attr:`columns` order."""
         names = self._names
@@ -143,7 +148,7 @@ class Outputs:
             np.take_along_axis(picked, order, axis=1),
         )
         empty = ~np.isfinite(picked)
-        ids = np.asarray(self._labels, dtype=object)[best]
+        ids = self._ids[best]
         ids[empty] = None
         picked = np.where(empty, np.nan, picked)
         out = {f"item_{i + 1}": ids[:, i] for i in range(k)}

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from tandem.errors import DataError, SchemaError
 
 __all__ = [
+    "SPECIAL_KINDS",
     "SUPERVISED",
     "ColumnKind",
     "ColumnSpec",
@@ -37,6 +38,8 @@ __all__ = [
 #: their own models (a CNN, a text encoder, a recommender), one such column per model: see
 #: :mod:`tandem.data.images`, :mod:`tandem.models.text` and :mod:`tandem.training.recommend`
 ColumnKind = Literal["numeric", "boolean", "categorical", "image", "text", "items"]
+#: the kinds with an encode step of their own, one such column per model
+SPECIAL_KINDS: tuple[ColumnKind, ...] = ("image", "text", "items")
 #: what a model does: the supervised tasks learn a target; clustering, projection and anomaly
 #: learn the shape of unlabeled rows (see :mod:`tandem.bundle.outputs` for their outputs)
 Task = Literal["classification", "regression", "clustering", "projection", "anomaly", "ranking"]

@@ -21,15 +21,17 @@ import pyarrow as pa
 from tandem.bundle import Bundle, Manifest
 from tandem.bundle.manifest import graph_feed, split_kinds
 from tandem.bundle.outputs import prediction_columns
-from tandem.data.schema import coerce_column, duplicated_names
+from tandem.data.images import IMAGE_FEED, IMAGE_STATISTICS, decode_images, image_feed
+from tandem.data.images import feed_statistics as image_statistics
+from tandem.data.schema import SPECIAL_KINDS, coerce_column, duplicated_names
 from tandem.errors import SchemaError
+from tandem.features.text import TEXT_FEED, TEXT_STATISTICS, TextTokens
+from tandem.features.text import feed_statistics as text_statistics
 from tandem.inference.runtime import make_session
 
 __all__ = ["Predictor", "prediction_columns"]
 
 Columns = Mapping[str, Any]
-#: input kinds that have an encode step of their own (one such column per model)
-SPECIAL_KINDS = ("image", "text", "items")
 #: a recommender's graph input: catalog positions + 1 of a user's items, (longest, n); and
 #: the share of each list the catalog did not know (not a graph input: kept for monitoring)
 ITEMS_INPUT = "history"
@@ -233,31 +235,22 @@ class _Special:
             self.index = {str(item): i + 1 for i, item in enumerate(manifest.classes)}
             self.names = [f"{self.column.name}.{s}" for s in ("length", "unknown_share")]
         elif self.column.kind == "image":
-            from tandem.data.images import IMAGE_STATISTICS
-
             self.channels = int(manifest.details["image"]["channels"])
             self.names = [f"{self.column.name}.{s}" for s in IMAGE_STATISTICS]
         else:
-            from tandem.features.text import TEXT_STATISTICS, TextTokens
-
             text = manifest.details["text"]
             self.tokens = TextTokens(
                 bundle.extras[text["tokenizer"]].decode(), text["max_tokens"], text["chunks"]
             )
             self.names = [f"{self.column.name}.{s}" for s in TEXT_STATISTICS]
-
-    @property
-    def rows_per_run(self) -> int:
-        """Rows per ONNX Runtime call: a batch job's 4,096 BBC articles at 4 × 256 tokens
-        asked for 28 GB of attention at once."""
-        return TEXT_ROWS_PER_RUN if self.column.kind == "text" else 1024
+        #: rows per ONNX Runtime call: a batch job's 4,096 BBC articles at 4 × 256 tokens
+        #: asked for 28 GB of attention at once
+        self.rows_per_run = TEXT_ROWS_PER_RUN if self.column.kind == "text" else 1024
 
     def part(self, feed: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows ``start:stop`` of ``feed``; a text feed trimmed to those rows' longest piece."""
         out = {k: v[..., start:stop] for k, v in feed.items()}
         if self.column.kind == "text":
-            from tandem.features.text import TEXT_FEED
-
             mask = out[TEXT_FEED[1]]
             tokens = int(np.flatnonzero(mask.any(axis=(1, 2))).max(initial=0)) + 1
             chunks = int(np.flatnonzero(mask.any(axis=(0, 2))).max(initial=0)) + 1
@@ -270,8 +263,6 @@ class _Special:
             return self._histories(columns[name], name)
         if self.column.kind == "text":
             return self.tokens.feed(columns[name], name)
-        from tandem.data.images import IMAGE_FEED, decode_images, image_feed
-
         pixels, sizes = image_feed(decode_images(columns[name], self.channels, name))
         return dict(zip(IMAGE_FEED, (pixels, sizes), strict=True))
 
@@ -301,15 +292,10 @@ class _Special:
             length = (feed[ITEMS_INPUT] > 0).sum(axis=0) + 0.0
             return dict(zip(self.names, (length, feed[ITEMS_UNKNOWN][0]), strict=True))
         if self.column.kind == "text":
-            from tandem.features.text import TEXT_FEED, feed_statistics
-
             ids, mask = (feed[k] for k in TEXT_FEED)
-            stats = feed_statistics(ids, mask, self.tokens.unknown_id)
+            stats = text_statistics(ids, mask, self.tokens.unknown_id)
         else:
-            from tandem.data.images import IMAGE_FEED
-            from tandem.data.images import feed_statistics as image_stats
-
-            stats = image_stats(*(feed[k] for k in IMAGE_FEED))
+            stats = image_statistics(*(feed[k] for k in IMAGE_FEED))
         return {n: stats[:, j] for j, n in enumerate(self.names)}
 
 

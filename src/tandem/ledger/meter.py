@@ -166,7 +166,7 @@ class Meter:
             if held and len(deltas) == len(held):
                 gpu_j = sum(deltas) / 1e3
                 sources.append("NVML device energy counters (whole devices)")
-        source = "getrusage; memory VmHWM"
+        source = Profile.source
         if self._elsewhere:  # energy stays this process's: workers may run on other machines
             cpu += self._elsewhere_cpu
             source += "; + CPU of " + ", ".join(self._elsewhere)

@@ -15,20 +15,21 @@ from __future__ import annotations
 import inspect
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from tandem.bundle.graph import GraphBuilder
 from tandem.data.schema import Task
+from tandem.errors import ConfigError
 
 if TYPE_CHECKING:
     from tandem.training.checkpoint import Checkpointer
     from tandem.training.loop import TorchOptions
 
-__all__ = ["Family", "FitContext", "probabilities_head"]
+__all__ = ["Family", "FitContext", "configured", "probabilities_head"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,3 +96,27 @@ def probabilities_head(g: GraphBuilder, scores: str, *, binary_logit: bool) -> s
         return g.node("Softmax", [scores], axis=1)
     p = g.node("Sigmoid", [scores])
     return g.node("Concat", [g.node("Sub", [g.const(np.array([[1.0]])), p]), p], axis=1)
+
+
+class _Configurable(Protocol):
+    @classmethod
+    def settings(cls) -> list[str]: ...
+
+
+M = TypeVar("M", bound=_Configurable)
+
+
+def configured(
+    cls: type[M], label: str, params: Mapping[str, Any] | None, *, also: Sequence[str] = ()
+) -> M:
+    """``cls(**params)``, refused with a ConfigError unless every key is one of its settings
+    (the message lists them, and ``also``: settings the caller took out of ``params``) and the
+    constructor accepts the values: checked before any data is read."""
+    accepted = [*also, *cls.settings()]
+    unknown = sorted(set(params or {}) - set(cls.settings()))
+    if unknown:
+        raise ConfigError(f"{label} has no setting(s) {unknown}; it takes {accepted or 'none'}")
+    try:
+        return cls(**(params or {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{label}: {exc}") from exc

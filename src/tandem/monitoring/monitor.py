@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tandem.bundle.manifest import REFERENCE_SAMPLE
+from tandem.bundle.manifest import REFERENCE_SAMPLE, Manifest
 from tandem.bundle.store import Bundle, load_bundle
 from tandem.data.images import is_image_folder, read_image_folder
 from tandem.data.readers import read_table
@@ -51,7 +51,7 @@ from tandem.monitoring.sample import DomainDrift, domain_classifier, ks_tests, s
 from tandem.registry import Registry
 
 if TYPE_CHECKING:
-    from tandem.inference.predictor import Predictor
+    pass
 
 __all__ = ["MonitorReport", "Performance", "check"]
 
@@ -118,19 +118,22 @@ def check(
     version = registry.get(ref)
     bundle = load_bundle(version.path, expected_digest=version.digest)
     manifest = bundle.manifest
-    from tandem.inference.predictor import Predictor  # loaded here: the CLI imports this module
-
-    predictor = Predictor(bundle)
     reference = manifest.details.get("reference")
     if not reference:
         raise BundleError(f"{version.ref} has no reference statistics; retrain it to monitor it")
+    from tandem.inference.predictor import Predictor  # loaded here: the CLI imports this module
+
+    predictor = Predictor(bundle)
     notes: list[str] = []
     if current is not None:
         table = read_image_folder(current) if is_image_folder(current) else read_table(current)
         source = str(current)
-        _need_inputs(table, [c.name for c in manifest.inputs], source)
-        outputs = _run_model(predictor, table)
+        _need_inputs(table, predictor.input_names, source)
+        feed = predictor.encode(predictor.preprocess(table))  # once: outputs and statistics
+        # through decode, which applies a recommender's rank rules
+        outputs = decoded_columns(manifest.outputs, predictor.decode(predictor.forward(feed)))
         truth = _truth(table, manifest.target, outputs)
+        columns = predictor.input_statistics(feed) or _coerced(manifest, table)
     else:
         assert since is not None
         table = read_log(version.name, since=since_ago(since), settings=registry.settings)
@@ -141,7 +144,13 @@ def check(
         if not outputs:
             notes.append(f"no predictions of {version.ref} in the window: no prediction drift")
         truth = labelled(table.filter(mine), version.name, registry.settings)
-    columns = _input_columns(predictor, table, logged=current is None)
+        # an image or text model's log keeps per-row statistics in place of its input
+        stats = predictor.monitored_inputs != predictor.input_names
+        columns = (
+            {n: table.column(n).to_numpy(zero_copy_only=False) for n in predictor.monitored_inputs}
+            if stats
+            else _coerced(manifest, table)
+        )
     compared = {n: reference[n] for n in columns if n in reference}
     out_reference = manifest.details.get("reference_outputs") or {}
     if outputs and not out_reference:
@@ -158,17 +167,9 @@ def check(
     )
 
 
-def _input_columns(predictor: Predictor, table: pa.Table, *, logged: bool) -> dict[str, np.ndarray]:
-    """The inputs as their reference statistics describe them: coerced columns, or for an
-    image or text model its per-row statistics (kept by the log, computed from a file)."""
-    if logged:
-        names = predictor.monitored_inputs
-        return {n: table.column(n).to_numpy(zero_copy_only=False) for n in names}
-    feed = predictor.encode(predictor.preprocess(table))
-    stats = predictor.input_statistics(feed)
-    if stats is not None:
-        return stats
-    return {c.name: coerce_column(c, table.column(c.name)) for c in predictor.manifest.inputs}
+def _coerced(manifest: Manifest, table: pa.Table) -> dict[str, np.ndarray]:
+    """A table model's input columns, coerced as the reference statistics were."""
+    return {c.name: coerce_column(c, table.column(c.name)) for c in manifest.inputs}
 
 
 def _need_inputs(table: pa.Table, inputs: list[str], source: str) -> None:
@@ -180,13 +181,6 @@ def _need_inputs(table: pa.Table, inputs: list[str], source: str) -> None:
         )
     if table.num_rows == 0:
         raise DataError(f"{source} has no rows to compare")
-
-
-def _run_model(predictor: Predictor, table: pa.Table) -> dict[str, np.ndarray]:
-    """The model's outputs on a file's rows, named as the prediction log names them."""
-    # through decode, which applies a recommender's rank rules
-    decoded = predictor.decode(predictor.forward(predictor.encode(predictor.preprocess(table))))
-    return decoded_columns(predictor.manifest.outputs, decoded)
 
 
 def _truth(table: pa.Table, target: str, outputs: dict[str, np.ndarray]) -> pa.Table | None:

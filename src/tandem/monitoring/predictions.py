@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from tandem.bundle.manifest import CATEGORICAL_INPUT, NUMERIC_INPUT, split_kinds
 from tandem.bundle.outputs import Outputs
 from tandem.config import Settings
-from tandem.data.schema import ColumnSpec, coerce_column
+from tandem.data.schema import SPECIAL_KINDS, ColumnSpec, coerce_column
 from tandem.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class Layout:
                 f"model {model}:{version} has input column(s) {clash}, names the prediction log "
                 "keeps for itself: rename them in the training data to log this model"
             )
-        special = any(c.kind in ("image", "text", "items") for c in inputs)
+        special = any(c.kind in SPECIAL_KINDS for c in inputs)
         return cls(
             model,
             version,
@@ -440,7 +440,7 @@ def batch_rows(
         SOURCE: pa.repeat(pa.scalar("batch", pa.string()), n),
     }
     for spec in specs:
-        if spec.kind in ("image", "text", "items"):
+        if spec.kind in SPECIAL_KINDS:
             if layout.statistics is not None and layout.encode is not None:
                 feed = layout.encode({spec.name: picked.column(spec.name)})
                 columns.update(layout.statistics(feed) or {})

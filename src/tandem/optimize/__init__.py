@@ -36,7 +36,7 @@ from tandem.bundle import write_bundle
 from tandem.bundle.manifest import REFERENCE_SAMPLE
 from tandem.bundle.store import Bundle, load_bundle
 from tandem.data.readers import read_table
-from tandem.data.schema import SUPERVISED
+from tandem.data.schema import SPECIAL_KINDS, SUPERVISED
 from tandem.errors import DataError, UsageError
 from tandem.inference.predictor import Predictor
 from tandem.ledger.meter import Meter
@@ -123,7 +123,7 @@ def optimize(
     with contextlib.nullcontext(registry) if registry is not None else Registry() as reg:
         source = reg.get(model)
         bundle = load_bundle(source.path, expected_digest=source.digest)
-        special = [c.kind for c in bundle.manifest.inputs if c.kind in ("image", "text", "items")]
+        special = [c.kind for c in bundle.manifest.inputs if c.kind in SPECIAL_KINDS]
         if special:
             raise UsageError(
                 f"{source.ref} takes {special[0]} input: optimize rebuilds a version's test split "

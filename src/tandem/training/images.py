@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from tandem.bundle.graph import GraphBuilder
 from tandem.bundle.outputs import Outputs
 from tandem.data.images import (
     CLASS,
@@ -39,7 +38,7 @@ from tandem.inference.runtime import make_session
 from tandem.ledger.meter import Meter
 from tandem.ledger.records import EpochLog
 from tandem.models.auto import Candidate
-from tandem.models.base import FitContext
+from tandem.models.base import FitContext, configured
 from tandem.models.cnn import CNN
 from tandem.monitoring.predictions import output_columns
 from tandem.training.loop import TorchOptions
@@ -84,15 +83,7 @@ def train_images(
     side = settings.pop("image_size", None)
     if side is not None and not (isinstance(side, int) and 4 <= side <= 512):
         raise ConfigError(f"image_size is the side in pixels, 4 to 512; got {side!r}")
-    unknown = sorted(set(settings) - set(CNN.settings()))
-    if unknown:
-        raise ConfigError(
-            f"cnn has no setting(s) {unknown}; it takes {['image_size', *CNN.settings()]}"
-        )
-    try:
-        family = CNN(**settings)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cnn: {exc}") from exc
+    family = configured(CNN, "cnn", settings, also=["image_size"])
     total = 4
     with Meter() as meter:
         epochs = EpochLog(meter)
@@ -133,22 +124,21 @@ def train_images(
             raise
         except Exception as exc:
             raise TrainingError(f"training cnn failed: {exc}; nothing was registered") from exc
+        predicted = {k: family.predict(X[k]) for k in ("validation", "test")}
         best = Candidate(
             "cnn",
-            score("classification", ys["validation"], family.predict(X["validation"])),
-            score("classification", ys["test"], family.predict(X["test"])),
+            score("classification", ys["validation"], predicted["validation"]),
+            score("classification", ys["test"], predicted["test"]),
             time.monotonic() - started,
             chosen=True,
         )
         run.notify(2, total, "freezing and verifying")
         outputs = Outputs("classification", tuple(classes))
-        g = GraphBuilder("tandem")
-        g.output(family.to_onnx(g, pre.to_onnx(g)), outputs.graph_output, "double", [None, None])
-        graph = g.build().SerializeToString()
+        graph = supervised.build_graph(pre, family, outputs)
         pixels, sizes = image_feed(by_split["test"])
         frozen_out = make_session(graph).run(None, {IMAGE_INPUT: pixels, IMAGE_SIZE_INPUT: sizes})
         parity = supervised.check_parity(
-            frozen_out[0], family.predict(X["test"]), supervised.PARITY_TOLERANCE, "image model"
+            frozen_out[0], predicted["test"], supervised.PARITY_TOLERANCE, "image model"
         )
         stats = image_statistics(by_split["train"], column)
         frozen = supervised.Frozen(
@@ -157,9 +147,7 @@ def train_images(
             fingerprint=supervised.fingerprint(table), source=source,
             rows={k: len(v) for k, v in rows_of.items()}, ignored=[],
             reference=profile_columns([ColumnSpec(name=n, kind="numeric") for n in stats], stats),
-            reference_outputs=output_profile(
-                output_columns(outputs, family.predict(X["validation"]))
-            ),
+            reference_outputs=output_profile(output_columns(outputs, predicted["validation"])),
             sample=None, preprocessing=pre.state(), model=family.describe(),
             recipe={
                 "target": target, "task": task, "model": "cnn", "time_budget": time_budget,

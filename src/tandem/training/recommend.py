@@ -7,7 +7,7 @@ rank rules their attributes and the post-process its records; without it the cat
 item ids seen.
 
 The model: the binary user × item matrix (rows scaled to unit length) factorised by
-truncated SVD (``factors`` wide, or the best of :data:`FACTORS` on the validation users), so
+truncated SVD (``factors`` wide, 32 by default), so
 items that the same users take get close embeddings. A request gives a user's items (the
 ``history`` column, a list of ids: a known user's past, or a new user's session); the graph
 averages their embeddings, scores every item by the dot product (plus a small popularity
@@ -63,8 +63,6 @@ HISTORY = "history"
 SETTINGS = ("user", "item", "items", "factors", "rank")
 #: weight of the popularity prior added to the scores (cosines, within ±1)
 PRIOR = 1e-3
-#: factors tried when none is given (the best validation hit rate wins)
-FACTORS = (4, 8, 16, 32, 64)
 
 
 def train_recommender(
@@ -122,21 +120,12 @@ def train_recommender(
         # a small popularity prior: it breaks ties, and ranks for a user with no history
         prior = PRIOR * popularity / max(float(popularity.max()), 1e-12)
         outputs = Outputs("ranking", tuple(ids), rules.top_k)
-        most = max(1, min(len(ids) - 1, matrix.shape[0] - 1))
-        widths = sorted({min(f, most) for f in ([factors] if factors else FACTORS)})
-        tried: dict[int, float] = {}
-        on_epoch = epochs.fit("svd", "fit")
-        chosen: tuple[float, int, np.ndarray] | None = None
-        for epoch, width in enumerate(widths, 1):
-            vectors = _embeddings(matrix, width, seed)
-            live = _live(vectors, prior, [h for h, _ in held["validation"]])
-            hit = _metrics(live, held["validation"], popularity, rules.top_k).get("hit_rate", 0.0)
-            tried[width] = hit
-            on_epoch(epoch, {"factors": float(width), "hit_rate": hit})
-            if chosen is None or hit > chosen[0]:
-                chosen = (hit, width, vectors)
-        assert chosen is not None
-        _, width, embeddings = chosen
+        width = max(1, min(factors, len(ids) - 1, matrix.shape[0] - 1))
+        embeddings = _embeddings(matrix, width, seed)
+        validation = [h for h, _ in held["validation"]]
+        live = _live(embeddings, prior, validation)
+        hit = _metrics(live, held["validation"], popularity, rules.top_k).get("hit_rate", 0.0)
+        epochs.fit("svd", "fit")(1, {"factors": float(width), "hit_rate": hit})
         graph = _graph(embeddings, prior, outputs)
         session = make_session(graph)
         scores = {k: _score(session, [h for h, _ in v], len(ids)) for k, v in held.items()}
@@ -147,12 +136,10 @@ def train_recommender(
             time.monotonic() - started, chosen=True,
         )  # fmt: skip
         run.notify(2, total, "freezing and verifying")
-        sample = [h for h, _ in held["validation"]]
-        live = _live(embeddings, prior, sample)
         parity = supervised.check_parity(
             scores["validation"], live, supervised.PARITY_TOLERANCE, "recommender"
         )
-        lengths = np.array([len(h) for h, _ in held["validation"]], dtype=np.float64)
+        lengths = np.array([len(h) for h in validation], dtype=np.float64)
         stats = {f"{HISTORY}.length": lengths, f"{HISTORY}.unknown_share": np.zeros_like(lengths)}
         decoded = outputs.decode(rules.apply(scores["validation"]))
         sink = pa.BufferOutputStream()
@@ -166,9 +153,7 @@ def train_recommender(
             ignored=[], reference=profile_columns([ColumnSpec(name=n, kind="numeric") for n in stats], stats),
             reference_outputs=output_profile(decoded_columns(outputs, decoded)),
             sample=None, preprocessing={"items": len(ids)},
-            model={"factors": width, "chosen_by": "given" if factors else "validation hit rate",
-                   "hit_rate_by_factors": {str(k): v for k, v in tried.items()},
-                   "users": len(histories), "interactions": len(users)},
+            model={"factors": width, "users": len(histories), "interactions": len(users)},
             recipe={"target": None, "task": "ranking", "model": "svd", "seed": seed,
                     "params": dict(params or {}), "kind": "recommender", "time_budget": None,
                     "ignore": []},

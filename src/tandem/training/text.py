@@ -30,6 +30,7 @@ from tandem.inference.runtime import make_session
 from tandem.ledger.meter import Meter
 from tandem.ledger.records import EpochLog
 from tandem.models.auto import Candidate
+from tandem.models.base import configured
 from tandem.models.text import TextClassifier, encoder_folder
 from tandem.monitoring.predictions import output_columns
 from tandem.training.metrics import score
@@ -109,15 +110,7 @@ def train_text(
         )
     if task not in ("auto", "classification"):
         raise ConfigError(f"text models classify; --task {task} is not available for them yet")
-    unknown = sorted(set(params or {}) - set(TextClassifier.settings()))
-    if unknown:
-        raise ConfigError(
-            f"encoder has no setting(s) {unknown}; it takes {TextClassifier.settings()}"
-        )
-    try:
-        classifier = TextClassifier(**(params or {}))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"encoder: {exc}") from exc
+    classifier = configured(TextClassifier, TextClassifier.name, params)
     total = 4
     with Meter() as meter:
         epochs = EpochLog(meter)

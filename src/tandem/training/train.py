@@ -36,12 +36,14 @@ from tandem.data.readers import check_unique_columns, detect_format, list_parts,
 from tandem.data.schema import ColumnSpec, Task, coerce_column, infer_columns, infer_task
 from tandem.data.split import Split, split_indices
 from tandem.errors import ConfigError, DataError, TrainingError
+from tandem.features.images import ImagePreprocessor
 from tandem.features.preprocess import Preprocessor, feed_of
 from tandem.inference.runtime import make_session
 from tandem.ledger.meter import Meter, Profile
 from tandem.ledger.records import EpochLog, run_record
 from tandem.models import FAMILIES, Family
 from tandem.models.auto import Candidate, fit_candidates, rank_key
+from tandem.models.base import configured
 from tandem.models.unsupervised import UNSUPERVISED, UNSUPERVISED_TASKS
 from tandem.monitoring.predictions import output_columns
 from tandem.monitoring.sample import reference_sample, sample_to_table
@@ -214,7 +216,7 @@ def _notify(callback: Callable[[ProgressEvent], None] | None, event: ProgressEve
         log.exception("progress callback failed on %s", event)
 
 
-def build_graph(pre: Preprocessor, family: Family, outputs: Outputs) -> bytes:
+def build_graph(pre: Preprocessor | ImagePreprocessor, family: Family, outputs: Outputs) -> bytes:
     """The Bundle graph: ``pre``'s inputs and nodes, then ``family``'s, then the output."""
     g = GraphBuilder("tandem")
     out = family.to_onnx(g, pre.to_onnx(g))
@@ -223,11 +225,17 @@ def build_graph(pre: Preprocessor, family: Family, outputs: Outputs) -> bytes:
     return graph
 
 
+def graph_output(graph: bytes, pre: Preprocessor, columns: dict[str, np.ndarray]) -> np.ndarray:
+    """What a table model's graph outputs for coerced columns."""
+    output: np.ndarray = make_session(graph).run(None, feed_of(pre, columns))[0]
+    return output
+
+
 def parity_of(
     graph: bytes, pre: Preprocessor, family: Family, columns: dict[str, np.ndarray], X: np.ndarray
 ) -> float:
     """Largest difference between the graph's and the in-memory model's predictions."""
-    frozen = make_session(graph).run(None, feed_of(pre, columns))[0]
+    frozen = graph_output(graph, pre, columns)
     live = family.predict(X).reshape(frozen.shape)
     return float(np.max(np.abs(frozen - live))) if frozen.size else 0.0
 
@@ -439,37 +447,23 @@ def train(
             leaderboard, fitted, pre, prep, parts["test"], X["test"], ys["train"]
         )
         family = fitted[best.family]
+        outputs = Outputs(prep.task, tuple(prep.classes))
         reference = profile_columns(pre.columns, parts["train"])
         sample = sample_to_table(pre.columns, reference_sample(pre.columns, parts["train"]))
-        reference_outputs = output_profile(
-            output_columns(Outputs(prep.task, tuple(prep.classes)), family.predict(X["validation"]))
-        )
-    rows = {k: len(v) for k, v in ys.items()}
+        reference_outputs = output_profile(output_columns(outputs, family.predict(X["validation"])))
     frozen = Frozen(
-        outputs=Outputs(prep.task, tuple(prep.classes)), target=target, inputs=tuple(pre.columns),
+        outputs=outputs, target=target, inputs=tuple(pre.columns),
         leaderboard=leaderboard, best=best, graph=graph, parity=parity,
-        fingerprint=prep.fingerprint, source=source, rows=rows, ignored=list(ignore),
-        reference=reference, reference_outputs=reference_outputs, sample=sample,
-        preprocessing=pre.state(), model=family.describe(), recipe=recipe,
+        fingerprint=prep.fingerprint, source=source, rows={k: len(v) for k, v in ys.items()},
+        ignored=list(ignore), reference=reference, reference_outputs=reference_outputs,
+        sample=sample, preprocessing=pre.state(), model=family.describe(), recipe=recipe,
     )  # fmt: skip
-    version = register_frozen(
-        frozen, meter.profile, epochs, name=name, parent=parent, description=description,
-        registry=registry, on_progress=on_progress, total=total,
-    )  # fmt: skip
+    result = finish(frozen, meter, epochs, run, pipeline=Pipeline(pre, family), split=split,
+                    total=total)  # fmt: skip
     shutil.rmtree(run_folder, ignore_errors=True)  # registered: nothing left to resume
     with contextlib.suppress(OSError):  # the model's folder, if no other run of it waits
         run_folder.parent.rmdir()
-    return TrainResult(
-        version,
-        prep.task,
-        best.family,
-        leaderboard,
-        meter.profile,
-        parity,
-        rows,
-        Pipeline(pre, family),
-        split,
-    )
+    return result
 
 
 Kind = Literal["auto", "table", "image", "text", "unsupervised", "recommender"]
@@ -790,12 +784,5 @@ def _check_params(model: str, params: Mapping[str, Any] | None) -> dict[str, dic
         raise ConfigError(
             "params apply to one family: pass model='linear', 'gbdt' or 'mlp' with them"
         )
-    accepted = FAMILIES[model].settings()
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ConfigError(f"{model} has no setting(s) {unknown}; it takes {accepted or 'none'}")
-    try:  # values are checked by the constructor: refuse them before reading any data
-        FAMILIES[model](**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{model}: {exc}") from exc
+    configured(FAMILIES[model], model, params)  # refused before any data is read
     return {model: dict(params)}

@@ -20,13 +20,12 @@ from tandem.data.profile import output_profile, profile_columns
 from tandem.data.schema import coerce_column, infer_columns
 from tandem.data.split import split_indices
 from tandem.errors import ConfigError, TandemError, TrainingError
-from tandem.features.preprocess import Preprocessor, feed_of
-from tandem.inference.runtime import make_session
+from tandem.features.preprocess import Preprocessor
 from tandem.ledger.meter import Meter
 from tandem.ledger.records import EpochLog
 from tandem.models.auto import Candidate
-from tandem.models.base import FitContext
-from tandem.models.unsupervised import UNSUPERVISED, Unsupervised
+from tandem.models.base import FitContext, configured
+from tandem.models.unsupervised import UNSUPERVISED
 from tandem.monitoring.predictions import output_columns
 from tandem.monitoring.sample import reference_sample, sample_to_table
 from tandem.training.loop import TorchOptions
@@ -56,7 +55,7 @@ def train_unsupervised(
         )
     if torch is not None and torch.engine == "ray":
         raise ConfigError("--engine ray trains supervised networks; unsupervised ones run locally")
-    family = _construct(model, params)
+    family = configured(UNSUPERVISED[model], model, params)
     total = 4
     with Meter() as meter:
         epochs = EpochLog(meter)
@@ -89,7 +88,7 @@ def train_unsupervised(
         run.notify(2, total, "freezing and verifying")
         outputs = family.outputs
         graph = supervised.build_graph(pre, family, outputs)
-        frozen_out = make_session(graph).run(None, feed_of(pre, parts["test"]))[0]
+        frozen_out = supervised.graph_output(graph, pre, parts["test"])
         live = family.predict(X["test"]).reshape(frozen_out.shape)
         tolerance = supervised.PARITY_TOLERANCE * max(1.0, float(np.max(np.abs(live), initial=0.0)))
         parity = supervised.check_parity(frozen_out, live, tolerance, f"{model} graph")
@@ -111,14 +110,3 @@ def train_unsupervised(
     return supervised.finish(
         frozen, meter, epochs, run, pipeline=pipeline, split=split, total=total
     )  # fmt: skip
-
-
-def _construct(model: str, params: Mapping[str, Any] | None) -> Unsupervised:
-    cls = UNSUPERVISED[model]
-    unknown = sorted(set(params or {}) - set(cls.settings()))
-    if unknown:
-        raise ConfigError(f"{model} has no setting(s) {unknown}; it takes {cls.settings()}")
-    try:
-        return cls(**(params or {}))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{model}: {exc}") from exc
