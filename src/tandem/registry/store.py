@@ -589,23 +589,18 @@ class Registry:
             found = _schema_version(conn)
         if found is None:
             with self._tx(write=True) as conn:
+                _lock_schema(conn)
                 _metadata.create_all(conn)
                 found = _schema_version(conn)
                 if found is None:
                     found = SCHEMA_VERSION
                     conn.execute(insert(_meta).values(key="schema_version", value=str(found)))
-        if found == 1:
-            with self._tx(write=True) as conn:
-                _migrate_1_to_2(conn)
-            found = 2
-        if found == 2:
-            with self._tx(write=True) as conn:
-                _migrate_2_to_3(conn)
-            found = 3
-        if found == 3:
-            with self._tx(write=True) as conn:
-                _migrate_3_to_4(conn)
-            found = 4
+        for old, migrate in ((1, _migrate_1_to_2), (2, _migrate_2_to_3), (3, _migrate_3_to_4)):
+            if found == old:
+                with self._tx(write=True) as conn:
+                    _lock_schema(conn)
+                    migrate(conn)
+                found = old + 1
         if found > SCHEMA_VERSION:
             raise RegistryError(
                 f"registry database {self._where} has schema version {found}, newer than this "
@@ -750,6 +745,22 @@ def _migrate_3_to_4(conn: Connection) -> None:
         return
     _decisions.create(conn, checkfirst=True)
     _set_schema_version(conn, 4)
+
+
+def _lock_schema(conn: Connection) -> None:
+    """Make concurrent processes create or migrate the tables one at a time.
+
+    SQLite's ``BEGIN IMMEDIATE`` already does. On PostgreSQL, ``CREATE TABLE`` checks for the
+    table before it takes any lock, so two processes that open an empty database at once both
+    try to create it and one fails with DuplicateTable; a transaction-scoped advisory lock makes
+    the second wait for the first's commit, after which its checks see the tables.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+
+
+#: the PostgreSQL advisory lock key that serializes schema changes ("tandem" in ASCII)
+_SCHEMA_LOCK = 0x74616E64656D
 
 
 def _set_schema_version(conn: Connection, version: int) -> None:
