@@ -140,13 +140,23 @@ def test_the_thread_path_leaves_the_event_loop_free_while_computing() -> None:
     max_batch=st.integers(min_value=1, max_value=16),
     inline=st.booleans(),
     gaps=st.lists(st.booleans(), min_size=25, max_size=25),
+    tagged=st.lists(st.booleans(), min_size=25, max_size=25),
 )
 def test_batched_outputs_equal_unbatched_and_reach_their_own_caller(
-    sizes: list[int], max_batch: int, inline: bool, gaps: list[bool]
+    sizes: list[int], max_batch: int, inline: bool, gaps: list[bool], tagged: list[bool]
 ) -> None:
+    """... and each tagged request is told to ``on_answered`` once, with its own rows of the
+    feed and outputs it was told with (what the prediction log keeps), untagged ones never."""
     compute, _ = rowwise()
     rng = np.random.default_rng(len(sizes) * 31 + max_batch)
     inputs = [rng.normal(size=(n, 3)) for n in sizes]
+    told: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def answered(feed: Any, outputs: Any, segments: list[tuple[str, int, int]]) -> None:
+        assert [s for _, s, _ in segments] == sorted(s for _, s, _ in segments)
+        for tag, start, n in segments:
+            rows = slice(start, start + n)
+            told.setdefault(tag, []).append((feed["x"][:, rows].T, outputs["y"][rows]))
 
     async def main() -> list[dict[str, np.ndarray]]:
         # deadlines far away: this property is about routing, not admission (a slow shared
@@ -155,9 +165,11 @@ def test_batched_outputs_equal_unbatched_and_reach_their_own_caller(
             max_batch=max_batch, inline_s=1.0 if inline else 0.0, timeout_s=3600.0
         )
         batcher = Batcher(compute, config)
+        batcher.on_answered = answered
         futures = []
-        for x, gap in zip(inputs, gaps, strict=False):
-            futures.append(batcher.submit(feed_of(x), len(x)))
+        for i, (x, gap) in enumerate(zip(inputs, gaps, strict=False)):
+            tag = f"r{i}" if tagged[i] else None
+            futures.append(batcher.submit(feed_of(x), len(x), tag=tag))
             if gap:  # let some batches start between arrivals: mixed batch compositions
                 await asyncio.sleep(0)
         outs = await asyncio.gather(*futures)
@@ -172,6 +184,13 @@ def test_batched_outputs_equal_unbatched_and_reach_their_own_caller(
             continue
         np.testing.assert_array_equal(out["y"], alone["y"])
         np.testing.assert_array_equal(out["first"], alone["first"])
+    expected = {f"r{i}" for i, x in enumerate(inputs) if tagged[i] and len(x)}
+    assert set(told) == expected
+    for i, x in enumerate(inputs):
+        if f"r{i}" in expected:
+            ((rows, y),) = told[f"r{i}"]  # once, whole, even when split across batches
+            np.testing.assert_array_equal(rows, x)
+            np.testing.assert_array_equal(y, 2 * x + 1)
 
 
 def test_a_request_larger_than_the_maximum_batch_is_split_and_rejoined() -> None:
@@ -197,6 +216,7 @@ def test_one_bad_request_fails_alone_and_its_batch_mates_succeed() -> None:
         return {"y": x.T * 2}
 
     gate = threading.Event()
+    told: list[tuple[str, list[list[float]]]] = []
 
     def slow_first(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         gate.wait(5)
@@ -204,10 +224,13 @@ def test_one_bad_request_fails_alone_and_its_batch_mates_succeed() -> None:
 
     async def main() -> list[Any]:
         batcher = Batcher(slow_first, BatcherConfig(max_batch=16, inline_s=0.0))
+        batcher.on_answered = lambda feed, outputs, segments: told.extend(
+            (tag, outputs["y"][s : s + n].tolist()) for tag, s, n in segments
+        )
         first = batcher.submit(feed_of(np.ones((1, 1))), 1)  # holds the executor
-        good = batcher.submit(feed_of(np.ones((2, 1))), 2)
-        bad = batcher.submit(feed_of(np.array([[np.nan]])), 1)
-        also_good = batcher.submit(feed_of(np.full((1, 1), 3.0)), 1)
+        good = batcher.submit(feed_of(np.ones((2, 1))), 2, tag="good")
+        bad = batcher.submit(feed_of(np.array([[np.nan]])), 1, tag="bad")
+        also_good = batcher.submit(feed_of(np.full((1, 1), 3.0)), 1, tag="also")
         gate.set()
         outs = await asyncio.gather(first, good, bad, also_good, return_exceptions=True)
         await batcher.drain()
@@ -218,6 +241,8 @@ def test_one_bad_request_fails_alone_and_its_batch_mates_succeed() -> None:
     assert also_good["y"].tolist() == [[6.0]]
     assert isinstance(bad, RowsError)
     assert str(bad) == "the model could not run on these rows: NaN in input"
+    # the prediction log hears of the answered requests only, each with its own rows
+    assert sorted(told) == [("also", [[6.0]]), ("good", [[2.0], [2.0]])]
 
 
 # -- deadlines and admission ---------------------------------------------------------------------
@@ -298,15 +323,25 @@ def test_run_now_computes_an_idle_request_at_once_and_then_lets_arrivals_batch()
 
     async def main() -> None:
         batcher = Batcher(compute, BatcherConfig(max_batch=64, inline_s=1.0))
+        told: list[tuple[int, list[tuple[str, int, int]]]] = []
+        batcher.on_answered = lambda feed, out, segments: told.append((len(out["y"]), segments))
         for n in (1, 8):
             batcher.observe(n, 1e-5 * n)
-        out = batcher.run_now(feed_of(np.full((2, 1), 4.0)), 2)
+        out = batcher.run_now(feed_of(np.full((2, 1), 4.0)), 2, tag="now")
         assert out is not None and out["y"].tolist() == [[9.0], [9.0]]
         # until the loop turns, the model counts as busy: these queue and go as one batch
         assert batcher.run_now(feed_of(np.ones((1, 1))), 1) is None
-        futures = [batcher.submit(feed_of(np.ones((1, 1))), 1) for _ in range(5)]
+        futures = [
+            batcher.submit(feed_of(np.ones((1, 1))), 1, tag=None if i == 2 else f"q{i}")
+            for i in range(5)
+        ]
         await asyncio.gather(*futures)
         assert sizes == [2, 5]
+        # the log is told once per batch, with the batch's arrays and its tagged rows
+        assert told == [
+            (2, [("now", 0, 2)]),
+            (5, [("q0", 0, 1), ("q1", 1, 1), ("q3", 3, 1), ("q4", 4, 1)]),
+        ]
         # a batch predicted longer than inline_s is not run here
         slow = Batcher(compute, BatcherConfig(max_batch=64, inline_s=1e-9))
         slow.observe(1, 1e-3)

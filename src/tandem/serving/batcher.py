@@ -31,11 +31,16 @@ t(n) = a·n + b fitted to the batches actually run (warm-up seeds it). It gives:
 
 Requests larger than the maximum are split into chunks that run in consecutive batches; the
 chunks' outputs are joined back in order before the caller's future resolves.
+
+A request may carry a tag (the server gives the request id of those it logs). After a batch,
+:attr:`Batcher.on_answered` is told the batch's feed and outputs and where each tagged request
+it answered sits in them: the prediction log keeps a batch's arrays, not a copy per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -59,6 +64,8 @@ __all__ = [
     "TooLargeError",
 ]
 
+log = logging.getLogger("tandem.serving")
+
 #: share of a request's remaining time that admission keeps in reserve. 0.25 let a request
 #: through now and then whose wait then ran past its deadline when the machine slowed by a
 #: few per cent mid-run (one 504 in ~20 overload-test runs); the queue stays long enough to
@@ -76,6 +83,9 @@ Feed = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
 #: Runs one batch: a feed of n rows in, n rows of every output out.
 Compute = Callable[[Feed], Outputs]
+#: Told of answered tagged requests: a feed, its outputs, and (tag, first row, rows) of each
+#: tagged request answered from them, in row order.
+Answered = Callable[[Feed, Outputs, list[tuple[str, int, int]]], None]
 
 
 class OverloadedError(TandemError):
@@ -226,6 +236,7 @@ class _Request:
     done: int = 0  # rows already handed to a batch
     parts: list[Outputs] = field(default_factory=list)
     failed: bool = False
+    tag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +276,8 @@ class Batcher:
         self._idle: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"tandem-{name}")
         self._max_batch = self.config.max_batch or 1
+        #: told of each batch's tagged requests once they are answered (see the module doc)
+        self.on_answered: Answered | None = None
         #: how much longer queued requests really waited than predicted (EWMA, >= 1): the
         #: cost model times batches, not what the event loop does between them
         self._wait_scale = 1.0
@@ -348,7 +361,9 @@ class Batcher:
 
     # -- the queue -------------------------------------------------------------------------------
 
-    def run_now(self, feed: Feed, rows: int, *, deadline: float | None = None) -> Outputs | None:
+    def run_now(
+        self, feed: Feed, rows: int, *, deadline: float | None = None, tag: str | None = None
+    ) -> Outputs | None:
         """The inline path without a queue: when the model is idle, nothing waits and the batch
         is predicted to take under :attr:`inline_s`, compute ``rows`` now on this thread and
         return their outputs; otherwise None (then :meth:`submit`). Saves the future, the queue
@@ -372,6 +387,8 @@ class Batcher:
         except Exception as exc:
             raise _as_rows_error(exc) from None
         self._record(rows, time.perf_counter() - started)
+        if tag is not None:
+            self._answered(feed, outputs, [(tag, 0, rows)])
         # as after any inline batch: what arrives during this loop turn queues, and goes
         # together once the loop has read it
         self._busy = True
@@ -379,7 +396,7 @@ class Batcher:
         return outputs
 
     def submit(
-        self, feed: Feed, rows: int, *, deadline: float | None = None
+        self, feed: Feed, rows: int, *, deadline: float | None = None, tag: str | None = None
     ) -> asyncio.Future[Outputs]:
         """Queue ``rows`` rows; the future resolves to their outputs, rows in order.
 
@@ -394,7 +411,9 @@ class Batcher:
         if rows == 0:
             future.set_result({})
             return future
-        self._queue.append(_Request(feed, rows, deadline, future, now, wait / self._wait_scale))
+        self._queue.append(
+            _Request(feed, rows, deadline, future, now, wait / self._wait_scale, tag=tag)
+        )
         self._queued_rows += rows
         if not self._busy:
             self._dispatch()
@@ -450,8 +469,8 @@ class Batcher:
         self._running_since = now
         loop = asyncio.get_running_loop()
         if cost.predict(rows) < self.inline_s:
-            outputs, seconds = self._run(chunks)
-            self._complete(chunks, outputs, seconds)
+            outputs, seconds, feed = self._run(chunks)
+            self._complete(chunks, outputs, seconds, feed)
             # answer I/O before the next batch, so that what arrived meanwhile joins it
             loop.call_soon(self._next)
             return
@@ -476,25 +495,27 @@ class Batcher:
         self._queued_rows -= request.rows - request.done
         request.done = request.rows
 
-    def _run(self, chunks: list[_Chunk]) -> tuple[Outputs | list[Outputs | Exception], float]:
+    def _run(self, chunks: list[_Chunk]) -> tuple[Outputs | list[Outputs | Exception], float, Feed]:
         """In the worker thread: join the chunks' feeds, run once, time it."""
         started = time.perf_counter()
+        feed = _join(chunks)
         try:
-            outputs: Outputs | list[Outputs | Exception] = self._compute(_join(chunks))
+            outputs: Outputs | list[Outputs | Exception] = self._compute(feed)
         except Exception as exc:
             # one request: the failure is its own, no need to run it again to know; several:
             # one bad request must not fail its batch-mates, so each runs alone
             outputs = [exc] if len(chunks) == 1 else [_attempt(self._compute, [c]) for c in chunks]
-        return outputs, time.perf_counter() - started
+        return outputs, time.perf_counter() - started, feed
 
     def _finished(self, chunks: list[_Chunk], work: asyncio.Future[Any], started: float) -> None:
+        feed: Feed = {}
         try:
-            outputs, _ = work.result()
+            outputs, _, feed = work.result()
         except BaseException as exc:  # the executor itself failed: fail the batch, go on
             outputs = [exc] * len(chunks)
         # what a deadline sees is the batch's wall time, hand-offs and a shared core included,
         # so that is what the cost model learns (not the compute time inside the thread)
-        self._complete(chunks, outputs, time.perf_counter() - started)
+        self._complete(chunks, outputs, time.perf_counter() - started, feed)
         self._next()
 
     def _next(self) -> None:
@@ -505,50 +526,87 @@ class Batcher:
             self._idle.set()
 
     def _complete(
-        self, chunks: list[_Chunk], outputs: Outputs | list[Outputs | Exception], seconds: float
+        self,
+        chunks: list[_Chunk],
+        outputs: Outputs | list[Outputs | Exception],
+        seconds: float,
+        feed: Feed,
     ) -> None:
         try:
-            self._deliver_all(chunks, outputs, seconds)
+            self._deliver_all(chunks, outputs, seconds, feed)
         except Exception as exc:  # never leave a caller waiting, nor the batcher busy
             for c in chunks:
                 if not c.request.future.done():
                     c.request.future.set_exception(_as_rows_error(exc))
 
     def _deliver_all(
-        self, chunks: list[_Chunk], outputs: Outputs | list[Outputs | Exception], seconds: float
+        self,
+        chunks: list[_Chunk],
+        outputs: Outputs | list[Outputs | Exception],
+        seconds: float,
+        feed: Feed,
     ) -> None:
         if isinstance(outputs, dict):
             offset = 0
+            tagged: list[tuple[str, int, int]] = []  # answered whole by this batch
             for c in chunks:
                 n = c.stop - c.start
-                self._deliver(c, {k: v[offset : offset + n] for k, v in outputs.items()})
+                done = self._deliver(c, {k: v[offset : offset + n] for k, v in outputs.items()})
+                tag = c.request.tag
+                if done is not None and tag is not None:
+                    if c.start == 0:
+                        tagged.append((tag, offset, n))
+                    else:  # its first chunks ran in earlier batches
+                        self._answered_whole(c.request, done)
                 offset += n
             self._record(offset, seconds)
+            if tagged:
+                self._answered(feed, outputs, tagged)
         else:  # failed batches teach the cost model nothing
             for c, out in zip(chunks, outputs, strict=True):
-                self._deliver(c, out)
+                done = self._deliver(c, out)
+                if done is not None and c.request.tag is not None:
+                    self._answered_whole(c.request, done)
             if self._on_batch is not None:
                 self._on_batch(sum(c.stop - c.start for c in chunks), seconds)
 
-    def _deliver(self, chunk: _Chunk, outputs: Outputs | BaseException) -> None:
+    def _answered(self, feed: Feed, outputs: Outputs, tagged: list[tuple[str, int, int]]) -> None:
+        """Tell :attr:`on_answered`; its failure is its own, never the requests'."""
+        if self.on_answered is None:
+            return
+        try:
+            self.on_answered(feed, outputs, tagged)
+        except Exception:
+            log.exception("model %s: the hook told of answered requests failed", self.name)
+
+    def _answered_whole(self, request: _Request, outputs: Outputs) -> None:
+        """A tagged request answered outside one batch's arrays: its own feed and outputs."""
+        assert request.tag is not None
+        self._answered(request.feed, outputs, [(request.tag, 0, request.rows)])
+
+    def _deliver(self, chunk: _Chunk, outputs: Outputs | BaseException) -> Outputs | None:
+        """Hand a chunk's outputs (or failure) to its request; its whole outputs when this
+        chunk completed it, else None."""
         request = chunk.request
         if request.failed or request.future.done():
-            return
+            return None
         if isinstance(outputs, BaseException):
             request.failed = True
             if request.done < request.rows:  # its later chunks are still queued
                 self._drop(request)
             request.future.set_exception(_as_rows_error(outputs))
-            return
+            return None
         request.parts.append(outputs)
-        if chunk.stop == request.rows:
-            parts = request.parts
-            joined = (
-                parts[0]
-                if len(parts) == 1
-                else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            )
-            request.future.set_result(joined)
+        if chunk.stop != request.rows:
+            return None
+        parts = request.parts
+        joined = (
+            parts[0]
+            if len(parts) == 1
+            else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        )
+        request.future.set_result(joined)
+        return joined
 
     # -- shutdown --------------------------------------------------------------------------------
 
