@@ -98,6 +98,47 @@ def test_the_server_logs_inputs_outputs_and_request_ids(models_home: Path) -> No
     assert len(files) == 1 and files[0].endswith(".parquet")
 
 
+def test_requests_batched_together_are_each_logged_whole(models_home: Path, tmp_path: Path) -> None:
+    """The server logs a batch at a time; concurrent requests that shared batches come back
+    each with its own rows and answers, at every sampling rate."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    data = mixed_table(480, seed=8)
+    for sample in (1.0, 0.5):
+        home = tmp_path / f"sample-{sample}"  # each run its own log
+        shutil.copytree(models_home, home, ignore=shutil.ignore_patterns("predictions"))
+        answers: dict[str, tuple[int, list[object]]] = {}
+        with running_server(["mixed"], home, log=LogOptions(sample=sample, flush_s=0.2)) as srv:
+            url = f"{srv.url}/invocations"
+            bodies = [{"dataframe_records": rows(data, 4 * i, 4 * i + 4)} for i in range(120)]
+            with ThreadPoolExecutor(12) as pool:
+                for i, (out, got) in enumerate(pool.map(lambda b: post(url, b), bodies)):  # noqa: B023
+                    answers[got["x-request-id"]] = (i, [p["label"] for p in out["predictions"]])
+            with urllib.request.urlopen(f"{srv.url}/metrics", timeout=10) as r:
+                metrics = r.read().decode()
+        batches = next(
+            s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+            if s.name == "tandem_batch_rows_count" and s.labels.get("model") == "mixed"
+        )  # fmt: skip
+        assert batches < 120  # requests did share batches
+        log = read_log("mixed", settings=Settings(home=home))
+        logged = set(log.column(REQUEST_ID).to_pylist())
+        assert logged <= set(answers) and log.num_rows == 4 * len(logged)
+        if sample == 1.0:
+            assert logged == set(answers)
+        else:
+            assert 25 <= len(logged) <= 95  # Binomial(120, 0.5): mean 60, sd 5.5
+        for rid in logged:
+            mine = log.filter(pa.compute.equal(log.column(REQUEST_ID), rid)).sort_by(ROW)
+            assert mine.column(ROW).to_pylist() == [0, 1, 2, 3]
+            i, labels = answers[rid]
+            assert mine.column("__label").to_pylist() == labels
+            assert mine.column("x1").to_pylist() == data.column("x1").to_pylist()[4 * i : 4 * i + 4]
+
+
 def test_sampling_and_off(models_home: Path) -> None:
     data = mixed_table(200, seed=6)
     with running_server(["mixed"], models_home, log=LogOptions(sample=0.25, flush_s=0.2)) as srv:
@@ -148,23 +189,50 @@ def test_bounded_memory_drops_and_counts(tmp_path: Path) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=12))
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=1, max_value=7), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_request_rows_keep_their_order(
-    tmp_path_factory: pytest.TempPathFactory, sizes: list[int]
+    tmp_path_factory: pytest.TempPathFactory, requests: list[tuple[int, bool, bool]]
 ) -> None:
-    """However requests of any sizes gather, each logged row keeps its request and position."""
+    """However requests of any sizes gather into batches, and whichever of a batch's requests
+    are logged (sampling), each logged request's rows come back whole, each with its request
+    and position, and no other rows do."""
     home = Settings(home=tmp_path_factory.mktemp("log"))
     layout = Layout("m", 1, ("a", "b"), ("c",), ("label",))
     plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
-    for i, n in enumerate(sizes):
-        numeric = np.vstack([np.full(n, float(i)), np.arange(n, dtype=float)])
-        plog.add(layout, f"r{i}", {"numeric": numeric, "categorical": np.array([[f"c{i}"] * n], dtype=object)},
-                 {"label": np.array([i] * n)}, n)  # fmt: skip
+    batch: list[tuple[int, int, bool]] = []  # (request, rows, logged)
+
+    def send() -> None:  # one batch: its feed and outputs, and where its logged requests sit
+        i_of = np.concatenate([np.full(n, i) for i, n, _ in batch])
+        within = np.concatenate([np.arange(n) for _, n, _ in batch])
+        starts = np.cumsum([0] + [n for _, n, _ in batch])
+        answered = [
+            (f"r{i}", int(s), n) for (i, n, kept), s in zip(batch, starts, strict=False) if kept
+        ]
+        feed = {"numeric": np.vstack([i_of.astype(float), within.astype(float)]),
+                "categorical": np.array([[f"c{i}" for i in i_of]], dtype=object)}  # fmt: skip
+        plog.add_batch(layout, feed, {"label": i_of.copy()}, answered)
+        batch.clear()
+
+    for i, (n, logged, batch_ends) in enumerate(requests):
+        batch.append((i, n, logged))
+        if batch_ends:
+            send()
+    if batch:
+        send()
     plog.close()
-    for row in read_log("m", settings=home).to_pylist():
+    expected = {f"r{i}": n for i, (n, logged, _) in enumerate(requests) if logged}
+    got = read_log("m", settings=home).to_pylist() if expected else []
+    assert len(got) == sum(expected.values())
+    for row in got:
         i = int(row["a"])
         assert row[REQUEST_ID] == f"r{i}" and row[ROW] == row["b"] and row["c"] == f"c{i}"
-        assert row["__label"] == i
+        assert row["__label"] == i and row[ROW] < expected[f"r{i}"]
 
 
 def test_bad_options_and_reserved_names() -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -49,9 +49,6 @@ from tandem.monitoring.predictions import (
 )
 from tandem.monitoring.sample import DomainDrift, domain_classifier, ks_tests, sample_from_table
 from tandem.registry import Registry
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["MonitorReport", "Performance", "check"]
 

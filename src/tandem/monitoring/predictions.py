@@ -6,12 +6,20 @@ the whole history). A row holds the model's input columns, coerced as the model 
 (numbers as float64 with NaN for missing, categories as strings), its outputs, and the columns
 in :data:`RESERVED`: request id, row within the request, time, model version and source.
 
-**Off the request path.** A request only appends references to arrays that already exist
-(the graph feed and the decoded outputs) to lists, under a lock; a writer thread turns
-what gathered into one Arrow table per model version every :attr:`LogOptions.flush_s` seconds
-(or sooner, once :attr:`LogOptions.flush_rows` rows wait), one concatenation per column, and
-writes it as one Arrow IPC file, temp + rename, so a reader never sees half a file and a
-killed server loses at most the rows that waited. When more than
+**Off the request path.** The server logs a batch, not a request: once a batch of requests
+has run, its feed and decoded outputs (arrays the batcher made anyway) go to the log as they
+are, with the batch's request ids and their row counts, one append under a lock for the whole
+batch; a logged request costs its share of that and nothing more, and holds no arrays of its
+own until the writer gathers them. A writer thread gathers every :data:`GATHER_S` seconds:
+it copies what the batches left into its column buffers, one concatenation per column, and
+lets the batches' arrays go (held ten seconds, until the write, they cost the serving core
+3 % more at one-row requests: fresh memory for every allocation instead of the cached memory
+of the requests just freed; measured with two servers sharing one core, see
+``benchmarks/bench_predlog_paired.py``). Every :attr:`LogOptions.flush_s` seconds (or sooner, once
+:attr:`LogOptions.flush_rows` rows wait) it makes one Arrow table per model version from
+views of its buffers and writes it as one Arrow IPC file, temp + rename, so a reader never
+sees half a file and a killed server loses at most the rows that waited. The buffers are
+kept from one write to the next: a steady server allocates nothing new for its log. When more than
 :attr:`LogOptions.max_queued_rows` wait (the disk cannot keep up), new rows are dropped and
 counted rather than let memory grow without bound.
 
@@ -39,7 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,7 +125,7 @@ def log_folder(model: str, settings: Settings | None = None) -> Path:
     return (settings or Settings.from_env()).home / "predictions" / model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: a key looked up once per batch
 class Layout:
     """How one model version's rows are laid out: which feed row is which input column, and
     its outputs. Made once per loaded version, so a request carries no names."""
@@ -156,22 +164,29 @@ class Layout:
         )
 
 
-@dataclass
-class _Pending:
-    """Rows waiting to be written: served requests, or batch tables already laid out.
-
-    A request's parts go into parallel lists rather than one tuple per request: a tuple is an
+@dataclass(eq=False)
+class _Rows:
+    """Logged rows of one layout: per served request its id, rows and time, and batch-job
+    tables already laid out. Parallel lists rather than one tuple per request: a tuple is an
     object the cyclic garbage collector tracks, and ten seconds of them made its full passes
     cost more than the log itself (measured: +16 µs a 32-row request; parallel lists: +3)."""
 
     layout: Layout
-    ids: list[str]
-    counts: list[int]
-    times: list[float]
-    feeds: list[dict[str, np.ndarray]]
-    outputs: list[dict[str, np.ndarray]]
-    tables: list[pa.Table]
+    ids: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    tables: list[pa.Table] = field(default_factory=list)
+    #: rows, served and tables
     rows: int = 0
+
+
+@dataclass(eq=False)
+class _Pending(_Rows):
+    """Rows waiting for the writer: with each served batch's feed and outputs (their rows are
+    the batch's logged requests' rows, in order)."""
+
+    feeds: list[Mapping[str, np.ndarray]] = field(default_factory=list)
+    outputs: list[Mapping[str, np.ndarray]] = field(default_factory=list)
 
 
 class PredictionLog:
@@ -201,10 +216,14 @@ class PredictionLog:
         self.written_rows = 0
         self.failures = 0
         self._wake = threading.Event()
+        #: set once the writer thread has paid its one-time imports (see ``_run``)
+        self.started = threading.Event()
         self._closing = False
         self._part = f"{source}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._seq = 0
-        self._scratch = _Scratch(2 * self.options.flush_rows)
+        #: the writer's side: per layout, the rows gathered since the last write
+        self._gathered: dict[Layout, _Gathered] = {}
+        self._writing = threading.Lock()  # the writer thread's, and flush()'s from outside
         self._thread = threading.Thread(target=self._run, name="tandem-predlog", daemon=True)
         self._thread.start()
 
@@ -223,12 +242,37 @@ class PredictionLog:
     ) -> None:
         """One served request's rows: ``feed`` as given to the graph, ``outputs`` decoded.
         Costs an append; the caller has decided :meth:`sampled`."""
+        self.add_batch(layout, feed, outputs, [(request_id, 0, n)])
+
+    def add_batch(
+        self,
+        layout: Layout,
+        feed: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        answered: Sequence[tuple[str, int, int]],
+    ) -> None:
+        """The logged requests of one batch: ``feed`` as given to the graph (rows on the last
+        axis), ``outputs`` decoded (rows first), and ``answered``: (request id, first row in
+        the batch, rows) of each logged request, in batch order. When they are the whole
+        batch (every request logged) the arrays are kept as they are; otherwise their rows
+        are taken out first."""
+        rows, tiled = 0, True  # tiled: the requests are the batch's rows 0.. in order
+        for _, start, n in answered:
+            tiled = tiled and start == rows
+            rows += n
+        if not rows:
+            return
+        if not tiled or rows != _rows_of(feed):
+            index = np.concatenate([np.arange(s, s + n) for _, s, n in answered])
+            feed = {k: v[..., index] for k, v in feed.items()}
+            outputs = {k: v[index] for k, v in outputs.items()}
+        now = time.time()
         with self._lock:
-            p = self._room(layout, n)
+            p = self._room(layout, rows)
             if p is not None:
-                p.ids.append(request_id)
-                p.counts.append(n)
-                p.times.append(time.time())
+                p.ids.extend(rid for rid, _, _ in answered)
+                p.counts.extend(n for _, _, n in answered)
+                p.times.extend([now] * len(answered))
                 p.feeds.append(feed)
                 p.outputs.append(outputs)
         self._wake_if_full()
@@ -252,7 +296,7 @@ class PredictionLog:
             return None
         p = self._pending.get(layout)
         if p is None:
-            p = self._pending[layout] = _Pending(layout, [], [], [], [], [], [])
+            p = self._pending[layout] = _Pending(layout)
         p.rows += n
         self._queued += n
         return p
@@ -263,14 +307,34 @@ class PredictionLog:
 
     def flush(self) -> None:
         """Write what waits now (the writer thread does this on its own)."""
+        with self._writing:
+            self._gather()
+            gathered, self._gathered = self._gathered, {}
+            for g in gathered.values():
+                if not g.rows:
+                    continue
+                try:
+                    self._write(g)
+                except Exception:  # a full disk must not take the server down: count, go on
+                    self.failures += 1
+                    log.exception(
+                        "writing %d logged predictions of %s failed", g.rows, g.layout.model
+                    )
+                with self._lock:
+                    self._queued -= g.rows
+                # the layouts just written keep their buffers; retired ones let them go
+                self._gathered[g.layout] = g.reset()
+
+    def _gather(self) -> None:
+        """Copy what waits into the column buffers, so the batches' arrays can go. Called
+        holding ``_writing``."""
         with self._lock:
-            pending, self._pending, self._queued = self._pending, {}, 0
+            pending, self._pending = self._pending, {}
         for p in pending.values():
-            try:
-                self._write(p)
-            except Exception:  # a full disk must not take the server down: count, log, go on
-                self.failures += 1
-                log.exception("writing %d logged predictions of %s failed", p.rows, p.layout.model)
+            g = self._gathered.get(p.layout)
+            if g is None:
+                g = self._gathered[p.layout] = _Gathered(p.layout)
+            g.take(p)
 
     def close(self) -> None:
         """Write what waits and stop the writer thread."""
@@ -281,18 +345,30 @@ class PredictionLog:
 
     def _run(self) -> None:
         # pyarrow imports pandas on its first numpy conversion (~1 s of CPU, under the GIL):
-        # pay it as the server starts, not at the first flush, in the middle of traffic
-        pa.array(np.zeros(1))
+        # pay it as the server starts, not at the first flush, in the middle of traffic (and
+        # before the server freezes what start-up allocated, which it waits for)
+        try:
+            pa.array(np.zeros(1))
+        finally:
+            self.started.set()
+        flush_s = self.options.flush_s
+        due = time.monotonic() + flush_s
         while not self._closing:
-            self._wake.wait(self.options.flush_s)
+            full = self._wake.wait(min(GATHER_S, max(due - time.monotonic(), 0.0)))
             self._wake.clear()
-            if not self._closing:
+            if self._closing:
+                break
+            if full or time.monotonic() >= due:
                 self.flush()
+                due = time.monotonic() + flush_s
+            else:
+                with self._writing:
+                    self._gather()
 
-    def _write(self, p: _Pending) -> None:
+    def _write(self, p: _Gathered) -> None:
         tables = [*p.tables]
         if p.ids:
-            tables.append(_served_table(p, self.source, self._scratch))
+            tables.append(p.served_table(self.source))
         table = (
             tables[0]
             if len(tables) == 1
@@ -313,6 +389,10 @@ class PredictionLog:
             self.written_rows += part.num_rows
 
 
+def _rows_of(feed: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(feed.values())).shape[-1]) if feed else 0
+
+
 _DAY_US = 86_400 * 10**6
 #: the suffix of the writer's hot files (Arrow IPC), compacted into Parquet by readers
 HOT_SUFFIX = ".arrow"
@@ -323,73 +403,101 @@ def _day_text(day: int) -> str:
     return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)).strftime("%Y-%m-%d")
 
 
-class _Scratch:
-    """The writer's column buffers, kept from one flush to the next.
-
-    A flush gathers ~100k rows a column; into fresh arrays, each flush would map new pages
-    (large arrays come from mmap and go back on free), and the page faults alone cost the
-    serving core more than the copy (measured: 0.3 faults and ~6 µs of system time a
-    32-row request). Buffers up to ``keep_rows`` long are reused; longer ones (the writer
-    fell behind) are not kept."""
-
-    def __init__(self, keep_rows: int) -> None:
-        self.keep_rows = keep_rows
-        self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
-
-    def out(self, key: tuple[Any, ...], lead: tuple[int, ...], rows: int, dtype: Any) -> np.ndarray:
-        """A ``lead + (rows,)`` array of ``dtype`` whose rows along the last axis are
-        contiguous; its contents are whatever the last flush left."""
-        dtype = np.dtype(dtype)
-        buffer = self._buffers.get(key)
-        if (
-            buffer is None
-            or buffer.shape[:-1] != lead
-            or buffer.dtype != dtype
-            or buffer.shape[-1] < rows
-        ):
-            buffer = np.empty((*lead, rows), dtype)
-            if rows <= self.keep_rows:
-                self._buffers[key] = buffer
-        return buffer[..., :rows]
+#: seconds at most that a served batch's arrays wait before the writer copies their rows
+#: into its buffers (see the module docstring)
+GATHER_S = 1.0
 
 
-def _served_table(p: _Pending, source: str, scratch: _Scratch) -> pa.Table:
-    """One table from the waiting requests: one array operation per column, none per row;
-    the columns are views of ``scratch``, valid until the next flush."""
-    layout = p.layout
-    ids, feeds, outputs = p.ids, p.feeds, p.outputs
-    counts = np.fromiter(p.counts, dtype=np.int64, count=len(p.counts))
-    total = int(counts.sum())
-    which = np.repeat(np.arange(len(ids), dtype=np.int32), counts)
-    starts = np.cumsum(counts) - counts
-    columns: dict[str, Any] = {
-        REQUEST_ID: pa.array(ids, pa.string()).take(pa.array(which)),
-        ROW: pa.array((np.arange(total, dtype=np.int64) - starts[which]).astype(np.int32)),
-        TIME: pa.array((np.asarray(p.times)[which] * 1e6).astype(np.int64), _TIME_TYPE),
-        VERSION: pa.array(np.full(total, layout.version, dtype=np.int32)),
-        SOURCE: pa.repeat(pa.scalar(source, pa.string()), total),
-    }
-    if layout.numeric:
-        parts = [f[NUMERIC_INPUT] for f in feeds]
-        out = scratch.out((layout, NUMERIC_INPUT), (len(layout.numeric),), total, parts[0].dtype)
-        matrix = np.concatenate(parts, axis=1, out=out)
-        columns.update((n, matrix[i]) for i, n in enumerate(layout.numeric))
-    if layout.statistics is not None:
-        stats = [layout.statistics(f) or {} for f in feeds]
-        columns.update((k, np.concatenate([p[k] for p in stats])) for k in stats[0])
-    if layout.categorical:
-        matrix = np.concatenate([f[CATEGORICAL_INPUT] for f in feeds], axis=1)
+@dataclass(eq=False)
+class _Gathered(_Rows):
+    """The writer's rows of one layout since its last write, the served ones copied into
+    column buffers (rows on the last axis, kept from one write to the next)."""
+
+    #: buffer key (the feed's inputs, statistics, outputs) -> buffer, rows last
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    filled: int = 0
+
+    def take(self, p: _Pending) -> None:
+        """Copy ``p``'s rows in: one concatenation per column, straight into the buffers."""
+        self.ids += p.ids
+        self.counts += p.counts
+        self.times += p.times
+        self.tables += p.tables
+        self.rows += p.rows
+        if not p.feeds:
+            return
+        layout = p.layout
+        parts: dict[str, list[np.ndarray]] = {}
+        if layout.numeric:
+            parts[NUMERIC_INPUT] = [f[NUMERIC_INPUT] for f in p.feeds]
+        if layout.categorical:
+            parts[CATEGORICAL_INPUT] = [f[CATEGORICAL_INPUT] for f in p.feeds]
+        if layout.statistics is not None:
+            stats = [layout.statistics(f) or {} for f in p.feeds]
+            parts.update((_STATISTIC + k, [x[k] for x in stats]) for k in stats[0])
+        parts.update((OUTPUT_PREFIX + n, [o[n] for o in p.outputs]) for n in layout.outputs)
+        n = sum(_rows_of(f) for f in p.feeds)
+        end = self.filled + n
+        for key, arrays in parts.items():
+            buffer = self._room(key, arrays[0], end)
+            np.concatenate(arrays, axis=-1, out=buffer[..., self.filled : end])
+        self.filled = end
+
+    def _room(self, key: str, first: np.ndarray, end: int) -> np.ndarray:
+        """``key``'s buffer, grown (doubling) to hold ``end`` rows."""
+        buffer = self.columns.get(key)
+        if buffer is not None and buffer.shape[-1] >= end and buffer.shape[:-1] == first.shape[:-1]:
+            return buffer
+        dtype = buffer.dtype if buffer is not None else first.dtype
+        if dtype.kind in "USO":  # text of any width: a fixed width would cut a longer label
+            dtype = np.dtype(object)
+        capacity = max(end, 2 * (buffer.shape[-1] if buffer is not None else 0), 1024)
+        grown = np.empty((*first.shape[:-1], capacity), dtype)
+        if buffer is not None and self.filled:
+            grown[..., : self.filled] = buffer[..., : self.filled]
+        self.columns[key] = grown
+        return grown
+
+    def served_table(self, source: str) -> pa.Table:
+        """One table of the served rows: views of the buffers for numbers, one conversion a
+        column otherwise, nothing per row in Python; valid until the buffers take more."""
+        layout = self.layout
+        counts = np.fromiter(self.counts, dtype=np.int64, count=len(self.counts))
+        total = int(counts.sum())
+        which = np.repeat(np.arange(len(self.ids), dtype=np.int32), counts)
+        starts = np.cumsum(counts) - counts
+        columns: dict[str, Any] = {
+            REQUEST_ID: pa.array(self.ids, pa.string()).take(pa.array(which)),
+            ROW: pa.array((np.arange(total, dtype=np.int64) - starts[which]).astype(np.int32)),
+            TIME: pa.array((np.asarray(self.times)[which] * 1e6).astype(np.int64), _TIME_TYPE),
+            VERSION: pa.array(np.full(total, layout.version, dtype=np.int32)),
+            SOURCE: pa.repeat(pa.scalar(source, pa.string()), total),
+        }
+        filled = {k: v[..., :total] for k, v in self.columns.items()}
+        if layout.numeric:
+            matrix = filled[NUMERIC_INPUT]
+            columns.update((n, matrix[i]) for i, n in enumerate(layout.numeric))
         columns.update(
-            (n, pa.array(matrix[i], pa.string())) for i, n in enumerate(layout.categorical)
+            (k[len(_STATISTIC) :], v) for k, v in filled.items() if k.startswith(_STATISTIC)
         )
-    for name in layout.outputs:
-        parts = [o[name] for o in outputs]
-        if parts[0].dtype == object:  # labels as text: Arrow copies them anyway
-            columns[OUTPUT_PREFIX + name] = np.concatenate(parts)
-            continue
-        out = scratch.out((layout, name), (), total, parts[0].dtype)
-        columns[OUTPUT_PREFIX + name] = np.concatenate(parts, out=out)
-    return pa.table(columns)
+        if layout.categorical:
+            matrix = filled[CATEGORICAL_INPUT]
+            columns.update(
+                (n, pa.array(matrix[i], pa.string())) for i, n in enumerate(layout.categorical)
+            )
+        for name in layout.outputs:
+            columns[OUTPUT_PREFIX + name] = filled[OUTPUT_PREFIX + name]
+        return pa.table(columns)
+
+    def reset(self) -> _Gathered:
+        """Empty, keeping the buffers."""
+        self.ids, self.counts, self.times, self.tables = [], [], [], []
+        self.filled = self.rows = 0
+        return self
+
+
+#: the buffer key of an input statistic (an image or text model's), before its column name
+_STATISTIC = "stat:"
 
 
 def output_columns(outputs: Outputs, raw: np.ndarray) -> dict[str, np.ndarray]:

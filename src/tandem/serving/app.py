@@ -24,6 +24,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,9 @@ class App:
                 )  # fmt: skip
             except ConfigError as exc:
                 log.warning("%s: not logging its predictions: %s", runner.ref, exc)
+            else:
+                # the log keeps each batch's arrays, told once the batch is answered
+                runner.batcher.on_answered = partial(self.predictions.add_batch, runner.log_layout)
         self.metrics.version.labels(runner.name).set(runner.version)
         if self.ready:
             self.metrics.swaps.labels(runner.name).inc()
@@ -406,13 +410,14 @@ class App:
             if n == 0:  # nothing to compute: the output columns, empty
                 empty = predictor.decode(np.empty((0, len(runner.output_columns) - 1 or 1)))
                 return self._answer(name, protocol, render(empty), request, rid)
-            now = batcher.run_now(feed, n, deadline=deadline)
+            plog = self.predictions
+            logged = plog is not None and runner.log_layout is not None and plog.sampled()
+            tag = rid if logged else None
+            now = batcher.run_now(feed, n, deadline=deadline, tag=tag)
             if now is not None:
                 self._child(self.metrics.rows, name).inc(n)
-                response = render(now)
-                self._log(runner, rid, feed, now, n)
-                return self._answer(name, protocol, response, request, rid)
-            future = batcher.submit(feed, n, deadline=deadline)
+                return self._answer(name, protocol, render(now), request, rid)
+            future = batcher.submit(feed, n, deadline=deadline, tag=tag)
         except OverloadedError as exc:
             return self._answer(name, protocol, _overloaded(exc, error), request, rid)
         except UsageError as exc:
@@ -423,7 +428,6 @@ class App:
             try:
                 outputs = f.result()
                 response = render(outputs)
-                self._log(runner, rid, feed, outputs, n)
             except DeadlineExceededError as exc:
                 response = error(504, str(exc))
             except UsageError as exc:
@@ -451,13 +455,6 @@ class App:
             response.headers.append(("x-request-id", rid))
         self._count(model, protocol, response.status, request.received)
         return response
-
-    def _log(
-        self, runner: Runner, rid: str, feed: dict[str, np.ndarray], outputs: Outputs, n: int
-    ) -> None:
-        plog = self.predictions
-        if plog is not None and runner.log_layout is not None and plog.sampled():
-            plog.add(runner.log_layout, rid, feed, outputs, n)
 
     def _refresh_gauges(self) -> None:
         m = self.metrics
