@@ -81,6 +81,28 @@ def write_json(script: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def save_results(script: str, results: dict[str, Any], started: float) -> None:
+    """Add the run's total seconds and the machine to ``results``, write them (see
+    :func:`write_json`) and say where."""
+    results["seconds_total"] = time.perf_counter() - started
+    results["machine"] = machine()
+    path = write_json(script, results)
+    print(f"\ntotal {results['seconds_total']:.0f}s; results in {path}")
+
+
+def load_test_unavailable() -> str | None:
+    """Why a wrk load test cannot run here (it needs wrk, taskset and two cores: one for the
+    servers, one for the load), or None when it can."""
+    import shutil
+
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found on PATH (apt-get install wrk util-linux)"
+    if len(os.sched_getaffinity(0)) < 2:
+        return "needs 2 cores: one for the servers, one for wrk"
+    return None
+
+
 def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()

@@ -45,14 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     Timer,
     interleaved,
-    machine,
     median,
     paired_ratio,
     rate,
+    save_results,
     synthetic_classification,
     temp_registry,
     text_table,
-    write_json,
 )
 
 SCRIPT = "bench_predict"
@@ -420,10 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report(results, profiles)
     results["profiles_batch1"] = profiles
-    results["seconds_total"] = time.perf_counter() - started
-    results["machine"] = machine()
-    path = write_json(SCRIPT, results)
-    print(f"\ntotal {results['seconds_total']:.0f}s; results in {path}")
+    save_results(SCRIPT, results, started)
     return 0
 
 

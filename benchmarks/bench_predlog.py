@@ -11,6 +11,9 @@ lands in its own ``$TANDEM_HOME/predictions/<model>/``. The servers are all
   log-0          ``--log-sample 0``: the baseline, no log
   log-1          ``--log-sample 1``: ours, every request logged
   log-0.1        ``--log-sample 0.1``: one request in ten
+  log-0-again    ``--log-sample 0`` again: an A/A control, the baseline's twin, whose ratio to
+                 log-0 is the noise floor of this machine and method (a difference smaller
+                 than its spread is not resolved)
   log-1-nowrite  (``--diagnose``) sample 1, but the writer thread drops what waits instead of
                  writing it (``PredictionLog._write`` patched to a no-op in the server
                  process): the per-request cost without the writer's
@@ -34,8 +37,10 @@ it is stopped with SIGTERM (the log's last flush) and its log read back with ``r
 rows logged must equal rows answered (for 0.1: about a tenth of the requests).
 
 In-process, pinned to core 0, on 64,000 distinct random rows (wrk repeats one body, which
-compresses to almost nothing on disk): what ``sampled()`` + ``add()`` costs a request, what
-the writer's ``flush()`` costs a row, and the bytes a logged row takes on disk; with
+compresses to almost nothing on disk): what ``sampled()`` + ``add()`` costs a request (a
+request the server answers alone), what ``add_batch()`` costs a request in batches of 16 (what
+the server calls once a batch is answered), what the writer's ``flush()`` costs a row, and the
+bytes a logged row takes on disk; with
 ``--diagnose``, where a flush spends its time, by function (cProfile).
 
     PYTHONPATH=src python benchmarks/bench_predlog.py [--quick] [--diagnose]
@@ -62,7 +67,14 @@ from prometheus_client.parser import text_string_to_metric_families
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from _common import machine, median, paired_ratio, text_table, train_models, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    load_test_unavailable,
+    median,
+    paired_ratio,
+    save_results,
+    text_table,
+    train_models,
+)
 from bench_serving import (  # noqa: E402
     HOST,
     LUA,
@@ -82,7 +94,7 @@ from bench_serving import (  # noqa: E402
 
 SCRIPT = "bench_predlog"
 GOAL_RATIO = 0.95
-BASELINE, OURS, NO_WRITE = "log-0", "log-1", "log-1-nowrite"
+BASELINE, OURS, NO_WRITE, TWIN = "log-0", "log-1", "log-1-nowrite", "log-0-again"
 #: (model, rows per request, concurrency), neighbours alike: a cell's last rows are written
 #: during the next cell
 CELLS = (
@@ -94,6 +106,8 @@ CELLS = (
     ("w1", 32, 8),
 )
 BATCH_ROWS = sorted({rows for _, rows, _ in CELLS})
+#: requests per batch in the in-process timing of ``add_batch`` (what the server calls)
+BATCHED = 16
 CLI = "from tandem.cli import main; main()"
 # the diagnostic server: requests still queue their rows, the writer thread still wakes and
 # swaps the queue out, but nothing is turned into a table or written
@@ -108,6 +122,7 @@ def server_specs(diagnose: bool) -> list[ServerSpec]:
         (BASELINE, "0", CLI, "no prediction log (the baseline)"),
         (OURS, "1", CLI, "every request logged (the default)"),
         ("log-0.1", "0.1", CLI, "one request in ten logged"),
+        (TWIN, "0", CLI, "no prediction log, a second server alike: the noise floor"),
     ]
     if diagnose:
         variants.append((NO_WRITE, "1", DROP_WRITES, "every request queued, nothing written"))
@@ -270,7 +285,8 @@ def read_back(home: Path) -> dict[str, Any]:
 
 
 def in_process(registry: Any, home: Path, rounds: int, profile: bool) -> dict[str, Any]:
-    """Per request, what ``sampled()`` + ``add()`` costs (the request path's share); per row,
+    """Per request, what ``sampled()`` + ``add()`` costs, and ``add_batch()`` in batches of
+    :data:`BATCHED` (the request path's share); per row,
     the writer's ``flush()`` (build the table, write Parquet, rename) and the bytes it leaves
     on disk; pinned to core 0. About 64,000 distinct random rows a round (wrk repeats one body,
     which compresses to almost nothing on disk), as a 4 s run queues at 1 or 32 rows a request.
@@ -303,8 +319,16 @@ def in_process(registry: Any, home: Path, rounds: int, profile: bool) -> dict[st
                 )
                 for i in range(0, len(x), n)
             ]
+            # the same rows as the server's batches of BATCHED requests: one add_batch a batch
+            batches = [
+                (
+                    predictor.encode(predictor.preprocess(x[i : i + n * BATCHED])),
+                    {k: v[i : i + n * BATCHED] for k, v in scored.items()},
+                )
+                for i in range(0, len(x), n * BATCHED)
+            ]
             plog = PredictionLog("serve", hold, settings=settings)
-            add_s, flush_s = [], []
+            add_s, flush_s, batch_s = [], [], []
             try:
                 for r in range(rounds + profile):
                     started = time.perf_counter()
@@ -318,6 +342,17 @@ def in_process(registry: Any, home: Path, rounds: int, profile: bool) -> dict[st
                     plog.flush()
                     add_s.append((added - started) / len(requests))
                     flush_s.append((time.perf_counter() - added) / len(x))
+                    started = time.perf_counter()
+                    for i, (feed, outputs) in enumerate(batches):
+                        # as the server: one draw a request, then one call a batch
+                        answered = [
+                            (f"bench-{r}-{i}-{j}", j * n, n)
+                            for j in range(BATCHED)
+                            if plog.sampled()
+                        ]
+                        plog.add_batch(layout, feed, outputs, answered)
+                    batch_s.append((time.perf_counter() - started) / len(requests))
+                    plog.flush()
             finally:
                 plog.close()
             root = log_folder("w1", settings)
@@ -328,13 +363,14 @@ def in_process(registry: Any, home: Path, rounds: int, profile: bool) -> dict[st
             size = sum(f.stat().st_size for f in root.rglob("*.parquet"))
             shutil.rmtree(root)
             out[str(n)] = {
-                "hot_bytes_per_row": hot / (len(x) * (rounds + profile)),
-                "compact_us_per_row": compact_s / (len(x) * (rounds + profile)) * 1e6,
+                "hot_bytes_per_row": hot / plog.written_rows,
+                "compact_us_per_row": compact_s / plog.written_rows * 1e6,
                 "requests_per_round": len(requests),
                 "add_us_per_request": median(add_s) * 1e6,
+                "add_batch_us_per_request": median(batch_s) * 1e6,
                 "flush_us_per_row": median(flush_s) * 1e6,
                 "flush_us_per_request": median(flush_s) * n * 1e6,
-                "bytes_per_row": size / (len(x) * (rounds + profile)),
+                "bytes_per_row": size / plog.written_rows,
             }
     return out
 
@@ -441,6 +477,7 @@ def report(results: dict[str, Any]) -> None:
         [
             n,
             f"{r['add_us_per_request']:.2f}",
+            f"{r['add_batch_us_per_request']:.2f}",
             f"{r['flush_us_per_row']:.2f}",
             f"{r['flush_us_per_request']:.1f}",
             f"{r['hot_bytes_per_row']:.0f}",
@@ -449,7 +486,8 @@ def report(results: dict[str, Any]) -> None:
         ]
         for n, r in ((n, results["in_process"][n]) for n in sizes)
     ]
-    headers = ["rows/request", "sampled()+add() µs/req", "flush µs/row", "flush µs/req"]
+    headers = ["rows/request", "sampled()+add() µs/req", f"add_batch µs/req ({BATCHED} a batch)"]
+    headers += ["flush µs/row", "flush µs/req"]
     print(text_table([*headers, "hot B/row", "compact µs/row (reader)", "Parquet B/row"], rows))
     for n in sizes:
         profile = results["in_process"].get(f"profile_{n}")
@@ -461,6 +499,17 @@ def report(results: dict[str, Any]) -> None:
     print("\nGoal\n")
     rows = [[g["goal"], g["measured"], "met" if g["met"] else "MISSED"] for g in results["goals"]]
     print(text_table(["goal", "measured", "verdict"], rows))
+    twin = [c["servers"][TWIN]["vs_baseline"]["rps"] for c in results["load"]]
+    twin_cpu = [
+        c["servers"][BASELINE]["cell_cpu_us_per_req"] / c["servers"][TWIN]["cell_cpu_us_per_req"]
+        for c in results["load"]
+    ]
+    off, again = (results["servers"][k]["all_in_cpu_us_per_req"] for k in (BASELINE, TWIN))
+    print(
+        f"\nNoise floor ({TWIN}, the same server as {BASELINE}): req/s ratio per cell "
+        f"{min(twin):.3f}–{max(twin):.3f}, CPU ratio per cell {min(twin_cpu):.3f}–"
+        f"{max(twin_cpu):.3f}, all-in {off / again:.3f}"
+    )
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -520,12 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 5)
     seconds = args.seconds or (2 if args.quick else 4)
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"{tool} not found on PATH (apt-get install wrk util-linux)")
-            return 2
-    if len(os.sched_getaffinity(0)) < 2:
-        print("needs 2 cores: one for the servers, one for wrk")
+    unavailable = load_test_unavailable()
+    if unavailable is not None:
+        print(unavailable)
         return 2
     started = time.perf_counter()
 
@@ -606,10 +652,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["goals"] = goals(results)
     report(results)
-    results["seconds_total"] = time.perf_counter() - started
-    results["machine"] = machine()
-    path = write_json(SCRIPT, results)
-    print(f"\ntotal {results['seconds_total']:.0f}s; results in {path}")
+    save_results(SCRIPT, results, started)
     return 0
 
 

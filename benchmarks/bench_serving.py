@@ -56,7 +56,6 @@ import http.client
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -80,13 +79,13 @@ sys.path.insert(0, str(BENCH_DIR))
 from _common import (  # noqa: E402
     Timer,
     interleaved,
-    machine,
+    load_test_unavailable,
     median,
     paired_ratio,
+    save_results,
     synthetic_classification,
     text_table,
     train_models,
-    write_json,
 )
 
 SCRIPT = "bench_serving"
@@ -891,12 +890,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.time_budget or (5.0 if quick else 20.0)
     starts = args.starts or (2 if quick else 3)
     concurrency = tuple(int(c) for c in (args.concurrency or "1,8,64").split(","))
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"{tool} not found on PATH (apt-get install wrk util-linux)")
-            return 2
-    if len(os.sched_getaffinity(0)) < 2:
-        print("needs 2 cores: one for the server, one for wrk")
+    unavailable = load_test_unavailable()
+    if unavailable is not None:
+        print(unavailable)
         return 2
     started = time.perf_counter()
 
@@ -1010,10 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results["goals"] = goals(results)
     report(results)
-    results["seconds_total"] = time.perf_counter() - started
-    results["machine"] = machine()
-    path = write_json(SCRIPT, results)
-    print(f"\ntotal {results['seconds_total']:.0f}s; results in {path}")
+    save_results(SCRIPT, results, started)
     return 0
 
 

@@ -1,0 +1,249 @@
+"""Prediction log, paired: two servers share one core at the same time, one with the log.
+
+Claim under test (issue goal): serving throughput with the prediction log on (every request
+logged) stays ≥ 95 % of the same server with it off.
+
+Why paired: ``bench_predlog.py`` runs its servers one after another, and on this shared
+machine the speed of the core drifts between runs by more than the log costs (its A/A pair
+of identical servers read 0.92–1.26 per cell). Here the two servers of a pair are pinned to
+the same core and loaded by two wrk processes (on the other core) during the same seconds,
+so whatever slows the core slows both. Per round, the pair's ratios: requests answered
+(throughput while they share the core) and CPU seconds per request from ``/proc`` (the cost;
+on a core of its own, a saturated server's throughput is its inverse, so this is the
+capacity ratio). Each pair starts fresh servers; an **A/A pair** (the log off in both) shows
+what the method cannot resolve, process to process.
+
+Pairs per cell: off/off (A/A), off/sample 1 (ours, the default), off/sample 0.1. Models and
+bodies as bench_predlog: W1 and the 200-tree LightGBM model, one OIP body of 1 or 32 rows,
+closed loop at 8 or 64 connections.
+
+    PYTHONPATH=src python benchmarks/bench_predlog_paired.py [--rounds 4] [--seconds 4]
+
+(~7 min by default.) Needs wrk and taskset and 2 cores. Results also go to
+``benchmarks/out/bench_predlog_paired.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from _common import load_test_unavailable, median, save_results, text_table, train_models  # noqa: E402
+from bench_serving import HOST, LUA, MODELS, make_data, oip_body  # noqa: E402
+
+SCRIPT = "bench_predlog_paired"
+GOAL_RATIO = 0.95
+SERVER_CORE, LOAD_CORE = "0", "1"
+#: (model, rows per request, connections), as bench_predlog
+CELLS = (
+    ("w1", 1, 8),
+    ("w1", 1, 64),
+    ("gbdt", 1, 64),
+    ("gbdt", 32, 64),
+    ("w1", 32, 64),
+    ("w1", 32, 8),
+)
+#: (name, sample of the second server); the first server of every pair has the log off
+PAIRS = (("A/A", "0"), ("log 1", "1"), ("log 0.1", "0.1"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class Pair:
+    """Two ``tandem serve w1 gbdt --threads 1`` on one core, each with its registry copy."""
+
+    def __init__(self, trained: Path, tmp: Path, samples: tuple[str, str]) -> None:
+        src = Path(__file__).resolve().parent.parent / "src"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []
+        for k, sample in enumerate(samples):
+            home = tmp / f"home-{k}"
+            shutil.rmtree(home, ignore_errors=True)
+            shutil.copytree(trained, home)
+            port = free_port()
+            env = {**os.environ, "TANDEM_HOME": str(home), "PYTHONPATH": str(src)}
+            argv = ["taskset", "-c", SERVER_CORE, sys.executable, "-c",
+                    "from tandem.cli import main; main()", "serve", *MODELS, "--host", HOST,
+                    "--port", str(port), "--threads", "1", "--log-sample", sample]  # fmt: skip
+            self.procs.append(
+                subprocess.Popen(
+                    argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+            self.ports.append(port)
+        for port in self.ports:
+            self._wait_ready(port)
+
+    @staticmethod
+    def _wait_ready(port: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/v2/health/ready", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"server on :{port} not ready after {timeout:.0f}s")
+
+    def load(self, lua: Path, model: str, c: int, seconds: float) -> list[dict[str, float]]:
+        """Both servers loaded for the same ``seconds``: requests and CPU seconds of each."""
+        before = [cpu_seconds(p.pid) for p in self.procs]
+        runs = [self._wrk(port, lua, model, c, seconds) for port in self.ports]
+        outputs = [r.communicate()[0] for r in runs]
+        after = [cpu_seconds(p.pid) for p in self.procs]
+        out = []
+        for text, a, b in zip(outputs, before, after, strict=True):
+            found = re.search(r"(\d+) requests in", text)
+            if found is None or "Non-2xx" in text or "Socket errors" in text:
+                raise RuntimeError(f"wrk failed or saw errors:\n{text}")
+            requests = int(found.group(1))
+            out.append({"requests": requests, "cpu_us_per_request": (b - a) * 1e6 / requests})
+        return out
+
+    @staticmethod
+    def _wrk(port: int, lua: Path, model: str, c: int, seconds: float) -> subprocess.Popen[str]:
+        url = f"http://{HOST}:{port}/v2/models/{model}/infer"
+        argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{c}", f"-d{seconds:.0f}s"]
+        return subprocess.Popen([*argv, "-s", str(lua), url], stdout=subprocess.PIPE, text=True)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def measure(
+    trained: Path, tmp: Path, lua: dict[int, Path], rounds: int, seconds: float
+) -> list[dict[str, Any]]:
+    cells = []
+    for n, (model, rows, c) in enumerate(CELLS):
+        print(f"cell {n + 1}/{len(CELLS)}: {model}, {rows} row(s), c={c}", flush=True)
+        cell: dict[str, Any] = {"model": model, "rows": rows, "concurrency": c, "pairs": {}}
+        for name, sample in PAIRS:
+            pair = Pair(trained, tmp, ("0", sample))
+            try:
+                pair.load(lua[rows], model, c, 2)  # warm-up
+                runs = [pair.load(lua[rows], model, c, seconds) for _ in range(rounds)]
+            finally:
+                pair.stop()
+            rps = [r[1]["requests"] / r[0]["requests"] for r in runs]
+            cpu = [r[0]["cpu_us_per_request"] / r[1]["cpu_us_per_request"] for r in runs]
+            cell["pairs"][name] = {
+                "sample": sample,
+                "throughput_ratio": median(rps),
+                "throughput_range": [min(rps), max(rps)],
+                "cpu_ratio": median(cpu),
+                "cpu_range": [min(cpu), max(cpu)],
+                "cpu_us_per_request_off": median([r[0]["cpu_us_per_request"] for r in runs]),
+                "cpu_us_per_request_on": median([r[1]["cpu_us_per_request"] for r in runs]),
+                "runs": runs,
+            }
+        cells.append(cell)
+    return cells
+
+
+def report(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for cell in cells:
+        p = cell["pairs"]
+        row = [cell["model"], cell["rows"], cell["concurrency"]]
+        for name, _ in PAIRS:
+            x = p[name]
+            row += [f"{x['throughput_ratio']:.3f}", f"{x['cpu_ratio']:.3f}"]
+        on = p["log 1"]
+        row += [f"{on['cpu_us_per_request_off']:.0f} → {on['cpu_us_per_request_on']:.0f}"]
+        rows.append(row)
+    headers = ["model", "rows", "c"]
+    for name, _ in PAIRS:
+        headers += [f"{name}: req/s ×off", "CPU off/on"]
+    headers += ["log 1: CPU µs/req off → on"]
+    print("\nPairs sharing one core, loaded at the same time (medians of rounds)\n")
+    print(text_table(headers, rows))
+    aa = [c["pairs"]["A/A"]["cpu_ratio"] for c in cells]
+    goals = []
+    for name, _ in PAIRS[1:]:
+        thr = [c["pairs"][name]["throughput_ratio"] for c in cells]
+        cpu = [c["pairs"][name]["cpu_ratio"] for c in cells]
+        goals.append(
+            {
+                "goal": f"{name}: throughput ≥ {GOAL_RATIO:.0%} of off, every cell",
+                "measured": f"req/s {min(thr):.3f}–{max(thr):.3f}; CPU {min(cpu):.3f}–{max(cpu):.3f}",
+                "met": min(thr) >= GOAL_RATIO and min(cpu) >= GOAL_RATIO,
+            }
+        )
+    print(
+        f"\nA/A (both off): CPU ratio {min(aa):.3f}–{max(aa):.3f} across cells: the spread "
+        "the method leaves, process to process\n"
+    )
+    rows = [[g["goal"], g["measured"], "met" if g["met"] else "MISSED"] for g in goals]
+    print(text_table(["goal (both req/s and CPU)", "measured", "verdict"], rows))
+    return goals
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args(argv)
+    unavailable = load_test_unavailable()
+    if unavailable is not None:
+        print(unavailable)
+        return 2
+    started = time.perf_counter()
+    import tandem
+
+    table, rows_eval = make_data(4000)
+    results: dict[str, Any] = {"script": SCRIPT, "goal_ratio": GOAL_RATIO}
+    results["settings"] = {"rounds": args.rounds, "seconds": args.seconds, "pairs": PAIRS}
+    with tempfile.TemporaryDirectory(prefix="tandem-bench-paired-") as tmp_name:
+        tmp = Path(tmp_name)
+        trained = tmp / "trained"
+        registry = tandem.Registry(tandem.Settings(home=trained))
+        try:
+            results["models"] = train_models(registry, table, 5.0)
+        finally:
+            registry.close()
+        lua = {}
+        for n in sorted({rows for _, rows, _ in CELLS}):
+            lua[n] = tmp / f"post-{n}.lua"
+            body = oip_body(np.ascontiguousarray(rows_eval[:n])).decode()
+            lua[n].write_text(LUA.format(body=body))
+        results["cells"] = measure(trained, tmp, lua, args.rounds, args.seconds)
+    results["goals"] = report(results["cells"])
+    save_results(SCRIPT, results, started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
