@@ -29,7 +29,7 @@ from tandem.serving.app import App
 from tandem.serving.batcher import BatcherConfig
 from tandem.serving.http import HttpServer
 from tandem.serving.models import ServedModel
-from tandem.serving.usage import UsageRecorder
+from tandem.serving.usage import UsageReading, UsageRecorder
 
 __all__ = ["ServeOptions", "Server", "serve"]
 
@@ -177,17 +177,20 @@ class Server:
         gc.freeze()
         if self._sock is not None:
             self.port = await self.http.start(self.options.host, 0, sock=self._sock)
+        # start-up's record ends here: a request answered before its write is not start-up's
+        startup = self.usage.read() if self.usage is not None else None
         self.app.ready = True
         self.ready_after_s = time.monotonic() - self.started
         self.ready.set()
         if self.usage is not None:
-            self._tasks.append(asyncio.get_running_loop().create_task(self._record(self.usage)))
+            record = self._record(self.usage, startup)
+            self._tasks.append(asyncio.get_running_loop().create_task(record))
         if self.options.poll_s > 0 and any(m.follows for m in self.models):
             self._tasks.append(asyncio.get_running_loop().create_task(self._follow()))
 
     @staticmethod
-    async def _record(usage: UsageRecorder) -> None:
-        await usage.flush_soon("startup")  # loading and warming, before any request
+    async def _record(usage: UsageRecorder, startup: UsageReading | None) -> None:
+        await usage.flush_soon("startup", startup)  # loading and warming, before any request
         await usage.run()
 
     async def _follow(self) -> None:

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tandem.ledger.meter import Meter
+from tandem.ledger.meter import Meter, Profile
 from tandem.ledger.records import run_record
 from tandem.registry import Registry
 from tandem.serving.metrics import LATENCY_BUCKETS, ServerMetrics
 from tandem.serving.models import ServedModel
 
-__all__ = ["UsageRecorder"]
+__all__ = ["UsageReading", "UsageRecorder"]
 
 log = logging.getLogger("tandem.serving")
 
@@ -78,6 +78,17 @@ def _snapshot(metrics: ServerMetrics) -> dict[str, _Totals]:
     return totals
 
 
+@dataclass(frozen=True)
+class UsageReading:
+    """The end of an interval: a meter started at it, the process's profile and the model
+    counters up to it."""
+
+    meter: Meter
+    profile: Profile
+    totals: dict[str, _Totals]
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
 class UsageRecorder:
     """Records ``serve`` runs for ``models`` every ``interval_s`` seconds (see the module);
     ``whole_process``: the process exists to serve, so its start-up counts from its start."""
@@ -105,14 +116,20 @@ class UsageRecorder:
         # a flush cancelled on the loop goes on in its thread: the one at stop must wait for it
         self._lock = threading.Lock()
 
-    def flush(self, kind: str = "interval") -> int:
-        """Record what happened since the last record; returns how many records were written.
-        Blocking (a registry write): call it in a thread from the event loop."""
-        with self._lock:
-            return self._flush(kind)
+    def read(self) -> UsageReading:
+        """The figures since the last record, taken now: cheap, so the event loop can close an
+        interval at an exact moment (start-up, before the first request) and write it later."""
+        return UsageReading(Meter().__enter__(), self._meter.read(), _snapshot(self.metrics))
 
-    def _flush(self, kind: str) -> int:
-        meter, profile, now = Meter().__enter__(), self._meter.read(), _snapshot(self.metrics)
+    def flush(self, kind: str = "interval", reading: UsageReading | None = None) -> int:
+        """Record what happened since the last record, up to ``reading`` (default: now);
+        returns how many records were written. Blocking (a registry write): call it in a
+        thread from the event loop."""
+        with self._lock:
+            return self._flush(kind, reading or self.read())
+
+    def _flush(self, kind: str, reading: UsageReading) -> int:
+        meter, profile, now = reading.meter, reading.profile, reading.totals
         served = [(m, m.runner) for m in self.models if m.runner is not None]
         deltas = {m.name: now.get(m.name, _Totals()).minus(self._last.get(m.name, _Totals()))
                   for m, _ in served}  # fmt: skip
@@ -140,7 +157,7 @@ class UsageRecorder:
             )
         if records:
             self.registry.record_runs(records)  # on failure the next flush covers this interval
-        self._meter, self._since, self._last = meter, datetime.now(UTC), now
+        self._meter, self._since, self._last = meter, reading.at, now
         return len(records)
 
     async def run(self) -> None:
@@ -149,8 +166,8 @@ class UsageRecorder:
             await asyncio.sleep(self.interval_s)
             await self.flush_soon()
 
-    async def flush_soon(self, kind: str = "interval") -> None:
+    async def flush_soon(self, kind: str = "interval", reading: UsageReading | None = None) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.flush, kind)
+            await asyncio.get_running_loop().run_in_executor(None, self.flush, kind, reading)
         except Exception:  # the ledger must never take the server down
             log.exception("recording serving usage failed; the next interval will include it")
