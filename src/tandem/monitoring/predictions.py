@@ -254,26 +254,31 @@ class PredictionLog:
         """The logged requests of one batch: ``feed`` as given to the graph (rows on the last
         axis), ``outputs`` decoded (rows first), and ``answered``: (request id, first row in
         the batch, rows) of each logged request, in batch order. When they are the whole
-        batch (every request logged) the arrays are kept as they are; otherwise their rows
-        are taken out first."""
+        batch (every request logged) the arrays are kept as they are; when they are rows next
+        to each other (one request of several), views of them; otherwise their rows are
+        taken out first."""
+        if not answered:
+            return
         if len(answered) == 1:  # the common case, kept short: this runs on the serving thread
-            rid, start, rows = answered[0]
-            ids, counts = [rid], [rows]
-            whole = not start and rows == _rows_of(feed, outputs, layout)
+            rid, first, rows = answered[0]
+            ids, counts, together = [rid], [rows], True
         else:
             ids = [rid for rid, _, _ in answered]
             counts = [n for _, _, n in answered]
-            rows, whole = 0, True  # whole: the requests are the batch's rows 0.. in order
+            first, rows, together = answered[0][1], 0, True
             for _, start, n in answered:
-                whole = whole and start == rows
+                together = together and start == first + rows
                 rows += n
-            whole = whole and rows == _rows_of(feed, outputs, layout)
         if not rows:
             return
-        if not whole:
+        if not together:
             index = np.concatenate([np.arange(s, s + n) for _, s, n in answered])
             feed = {k: v[..., index] for k, v in feed.items()}
             outputs = {k: v[index] for k, v in outputs.items()}
+        elif first or rows != _rows_of(feed, outputs, layout):
+            end = first + rows
+            feed = {k: v[..., first:end] for k, v in feed.items()}
+            outputs = {k: v[first:end] for k, v in outputs.items()}
         now = time.time()
         with self._lock:
             p = self._room(layout, rows)
