@@ -10,8 +10,11 @@ the same core and loaded by two wrk processes (on the other core) during the sam
 so whatever slows the core slows both. Per round, the pair's ratios: requests answered
 (throughput while they share the core) and CPU seconds per request from ``/proc`` (the cost;
 on a core of its own, a saturated server's throughput is its inverse, so this is the
-capacity ratio). Each pair starts fresh servers; an **A/A pair** (the log off in both) shows
-what the method cannot resolve, process to process.
+capacity ratio), and how much of it the serving (main) thread spent, the rest being other
+threads' (the log's writer, and the batcher's worker where batches run off the event loop,
+as 32-row ones do at 64 connections). Each pair starts fresh servers;
+an **A/A pair** (the log off in both) shows what the method cannot resolve, process to
+process.
 
 Pairs per cell: off/off (A/A), off/sample 1 (ours, the default), off/sample 0.1. Models and
 bodies as bench_predlog: W1 and the 200-tree LightGBM model, one OIP body of 1 or 32 rows,
@@ -69,10 +72,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of a process: all its threads, and its main thread (the
+    event loop, which serves; the rest is the log's writer and idle helpers)."""
+    return _cpu(Path(f"/proc/{pid}/stat")), _cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
 class Pair:
@@ -123,7 +131,13 @@ class Pair:
             if found is None or "Non-2xx" in text or "Socket errors" in text:
                 raise RuntimeError(f"wrk failed or saw errors:\n{text}")
             requests = int(found.group(1))
-            out.append({"requests": requests, "cpu_us_per_request": (b - a) * 1e6 / requests})
+            out.append(
+                {
+                    "requests": requests,
+                    "cpu_us_per_request": (b[0] - a[0]) * 1e6 / requests,
+                    "main_us_per_request": (b[1] - a[1]) * 1e6 / requests,
+                }
+            )
         return out
 
     @staticmethod
@@ -167,6 +181,9 @@ def measure(
                 "cpu_range": [min(cpu), max(cpu)],
                 "cpu_us_per_request_off": median([r[0]["cpu_us_per_request"] for r in runs]),
                 "cpu_us_per_request_on": median([r[1]["cpu_us_per_request"] for r in runs]),
+                # of which the serving (main) thread's; the rest, other threads (the writer)
+                "main_us_per_request_off": median([r[0]["main_us_per_request"] for r in runs]),
+                "main_us_per_request_on": median([r[1]["main_us_per_request"] for r in runs]),
                 "runs": runs,
             }
         cells.append(cell)
@@ -183,11 +200,16 @@ def report(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row += [f"{x['throughput_ratio']:.3f}", f"{x['cpu_ratio']:.3f}"]
         on = p["log 1"]
         row += [f"{on['cpu_us_per_request_off']:.0f} → {on['cpu_us_per_request_on']:.0f}"]
+        main = on["main_us_per_request_on"] - on["main_us_per_request_off"]
+        other = (on["cpu_us_per_request_on"] - on["main_us_per_request_on"]) - (
+            on["cpu_us_per_request_off"] - on["main_us_per_request_off"]
+        )
+        row += [f"{main:+.1f}", f"{other:+.1f}"]
         rows.append(row)
     headers = ["model", "rows", "c"]
     for name, _ in PAIRS:
         headers += [f"{name}: req/s ×off", "CPU off/on"]
-    headers += ["log 1: CPU µs/req off → on"]
+    headers += ["log 1: CPU µs/req off → on", "of it: serving thread", "other threads"]
     print("\nPairs sharing one core, loaded at the same time (medians of rounds)\n")
     print(text_table(headers, rows))
     aa = [c["pairs"]["A/A"]["cpu_ratio"] for c in cells]
