@@ -77,7 +77,6 @@ from _common import (  # noqa: E402
 )
 from bench_serving import (  # noqa: E402
     HOST,
-    LUA,
     METRICS,
     MODELS,
     PORT,
@@ -90,6 +89,7 @@ from bench_serving import (  # noqa: E402
     pinned,
     run_wrk,
     smoke,
+    wrk_scripts,
 )
 
 SCRIPT = "bench_predlog"
@@ -608,10 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         pythonpath = [str(src), str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
         log_dir = tmp / "logs"
         log_dir.mkdir()
-        lua = {}
-        for n, body in bodies.items():
-            lua[n] = tmp / f"post-{n}.lua"
-            lua[n].write_text(LUA.format(body=body.decode()))
+        lua = wrk_scripts(tmp, bodies)
 
         servers: dict[str, Server] = {}
         ready_cpu: dict[str, float] = {}

@@ -47,7 +47,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from _common import load_test_unavailable, median, save_results, text_table, train_models  # noqa: E402
-from bench_serving import HOST, LUA, MODELS, make_data, oip_body  # noqa: E402
+from bench_serving import HOST, MODELS, make_data, oip_body, wrk_scripts  # noqa: E402
 
 SCRIPT = "bench_predlog_paired"
 GOAL_RATIO = 0.95
@@ -256,11 +256,9 @@ def main(argv: list[str] | None = None) -> int:
             results["models"] = train_models(registry, table, 5.0)
         finally:
             registry.close()
-        lua = {}
-        for n in sorted({rows for _, rows, _ in CELLS}):
-            lua[n] = tmp / f"post-{n}.lua"
-            body = oip_body(np.ascontiguousarray(rows_eval[:n])).decode()
-            lua[n].write_text(LUA.format(body=body))
+        rows = sorted({rows for _, rows, _ in CELLS})
+        bodies = {n: oip_body(np.ascontiguousarray(rows_eval[:n])) for n in rows}
+        lua = wrk_scripts(tmp, bodies)
         results["cells"] = measure(trained, tmp, lua, args.rounds, args.seconds)
     results["goals"] = report(results["cells"])
     save_results(SCRIPT, results, started)

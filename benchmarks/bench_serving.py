@@ -136,6 +136,15 @@ def oip_body(rows: np.ndarray) -> bytes:
     return json.dumps(request).encode()
 
 
+def wrk_scripts(folder: Path, bodies: dict[Any, bytes]) -> dict[Any, Path]:
+    """One wrk script per key in ``folder``, each posting its body (see :data:`LUA`)."""
+    scripts = {}
+    for key, body in bodies.items():
+        scripts[key] = folder / f"post-{key}.lua"
+        scripts[key].write_text(LUA.format(body=body.decode()))
+    return scripts
+
+
 # -- processes ---------------------------------------------------------------------------------
 
 
@@ -956,10 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         log_dir = Path(tmp) / "logs"
         log_dir.mkdir()
-        lua = {}
-        for model in MODELS:
-            lua[model] = Path(tmp) / f"post-{model}.lua"
-            lua[model].write_text(LUA.format(body=body.decode()))
+        lua = wrk_scripts(Path(tmp), dict.fromkeys(MODELS, body))
 
         specs = server_specs(have_tandem, have_asgi, not args.no_alternatives)
         if args.servers:
