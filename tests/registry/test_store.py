@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -576,3 +577,38 @@ def test_a_decision_and_its_alias_move_together(home: Path) -> None:
         # the history outlives the versions it names
         reg.delete_version("m", 2)
         assert len(reg.decisions("m")) == 3
+
+
+def test_opening_an_empty_registry_waits_while_another_creates_it(settings: Settings) -> None:
+    """Processes that open a new registry at once do not race to create its tables: while one
+    holds the schema change, the next waits for its commit, then finds the tables."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(settings.registry_url)
+    opened: list[Registry] = []
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":  # what a registry's creating writer holds
+                conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.begin()
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": store_module._SCHEMA_LOCK},
+                )
+            opener = threading.Thread(target=lambda: opened.append(Registry(settings)))
+            opener.start()
+            opener.join(1.0)
+            assert opener.is_alive(), "it did not wait for the schema change under way"
+            store_module._metadata.create_all(conn)  # as the other process would, then commit
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("COMMIT")
+            else:
+                conn.commit()
+        opener.join(30)
+        assert not opener.is_alive() and len(opened) == 1
+        assert opened[0].register("fraud", writer()).version == 1
+    finally:
+        for registry in opened:
+            registry.close()
+        engine.dispose()
