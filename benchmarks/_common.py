@@ -90,17 +90,19 @@ def save_results(script: str, results: dict[str, Any], started: float) -> None:
     print(f"\ntotal {results['seconds_total']:.0f}s; results in {path}")
 
 
-def load_test_unavailable() -> str | None:
-    """Why a wrk load test cannot run here (it needs wrk, taskset and two cores: one for the
-    servers, one for the load), or None when it can."""
+def load_test_unavailable() -> bool:
+    """True, after saying why, when a wrk load test cannot run here (it needs wrk, taskset and
+    two cores: one for the servers, one for the load)."""
     import shutil
 
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found on PATH (apt-get install wrk util-linux)"
-    if len(os.sched_getaffinity(0)) < 2:
-        return "needs 2 cores: one for the servers, one for wrk"
-    return None
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        print(f"{missing[0]} not found on PATH (apt-get install wrk util-linux)")
+    elif len(os.sched_getaffinity(0)) < 2:
+        print("needs 2 cores: one for the servers, one for wrk")
+    else:
+        return False
+    return True
 
 
 def _jsonable(obj: Any) -> Any:

@@ -61,6 +61,25 @@ def _ready(port: int) -> bool:
         return False
 
 
+def predict_rates(predict: Any, inputs: list[Any]) -> dict[str, float]:
+    """Latency at batch 1 (median, ms) and rows/s at batch 64 of ``predict`` on raw inputs
+    (decoding included): the Predictor's, and its baselines' the same way."""
+    single = []
+    for x in inputs[:50]:
+        t0 = time.perf_counter()
+        predict([x])
+        single.append(time.perf_counter() - t0)
+    batch = inputs[:64]
+    t0, done = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 3.0:
+        predict(batch)
+        done += len(batch)
+    return {
+        "predict_b1_ms": median(single) * 1e3,
+        "predict_b64_rows_s": done / (time.perf_counter() - t0),
+    }
+
+
 def throughput(
     model: str, home: Path, rows: list[dict[str, Any]], files: list[Path], serve_s: float
 ) -> dict[str, Any]:
@@ -70,17 +89,7 @@ def throughput(
 
     registry = tandem.Registry(tandem.Settings(home=home))
     predictor = tandem.load(model, registry=registry, threads=1)
-    single = []
-    for row in rows[:50]:
-        t0 = time.perf_counter()
-        predictor.predict([row])
-        single.append(time.perf_counter() - t0)
-    batch = rows[:64]
-    t0, done = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 3.0:
-        predictor.predict(batch)
-        done += len(batch)
-    batched = done / (time.perf_counter() - t0)
+    rates = predict_rates(predictor.predict, rows)
     out = home / f"{model}-scored.parquet"
     job = run_batch(model, BatchOptions(files, out, overwrite=True), registry=registry)
     registry.close()
@@ -113,33 +122,13 @@ def throughput(
         server.wait(timeout=20)
     ok = served.get("latency_ms", {}).get("200", {})
     return {
-        "predict_b1_ms": median(single) * 1e3,
-        "predict_b64_rows_s": batched,
+        **rates,
         "batch_job_rows_s": job.rows_per_second,
         "served_rps": served.get("goodput", 0.0),
         "served_p50_ms": ok.get("p50"),
         "served_p99_ms": ok.get("p99"),
         "served_errors": served.get("errors", 0),
         "server_ready_s": ready_s,
-    }
-
-
-def predict_rates(predict: Any, inputs: list[Any]) -> dict[str, float]:
-    """A baseline's latency at batch 1 (median, ms) and rows/s at batch 64, raw inputs in (as
-    the Predictor's figures: decoding included), for beside ``throughput``'s."""
-    single = []
-    for x in inputs[:50]:
-        t0 = time.perf_counter()
-        predict([x])
-        single.append(time.perf_counter() - t0)
-    batch = inputs[:64]
-    t0, done = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 3.0:
-        predict(batch)
-        done += len(batch)
-    return {
-        "predict_b1_ms": median(single) * 1e3,
-        "predict_b64_rows_s": done / (time.perf_counter() - t0),
     }
 
 

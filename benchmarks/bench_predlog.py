@@ -126,15 +126,17 @@ def server_specs(diagnose: bool) -> list[ServerSpec]:
     ]
     if diagnose:
         variants.append((NO_WRITE, "1", DROP_WRITES, "every request queued, nothing written"))
+    return [log_spec(key, sample, what, code) for key, sample, code, what in variants]
+
+
+def log_spec(key: str, sample: str, what: str, code: str = CLI) -> ServerSpec:
+    """``tandem serve w1 gbdt --threads 1 --log-sample SAMPLE`` (``code`` starts it)."""
     serve = ["serve", *MODELS, "--host", HOST, "--port", PORT, "--threads", "1"]
-    return [
-        ServerSpec(
-            key,
-            f"tandem serve w1 gbdt --threads 1 --log-sample {sample}: {what}",
-            [sys.executable, "-c", code, *serve, "--log-sample", sample],
-        )
-        for key, sample, code, what in variants
-    ]
+    return ServerSpec(
+        key,
+        f"tandem serve w1 gbdt --threads 1 --log-sample {sample}: {what}",
+        [sys.executable, "-c", code, *serve, "--log-sample", sample],
+    )
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -569,9 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 5)
     seconds = args.seconds or (2 if args.quick else 4)
-    unavailable = load_test_unavailable()
-    if unavailable is not None:
-        print(unavailable)
+    if load_test_unavailable():
         return 2
     started = time.perf_counter()
 

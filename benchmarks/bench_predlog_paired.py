@@ -30,14 +30,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +44,20 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from _common import load_test_unavailable, median, save_results, text_table, train_models  # noqa: E402
-from bench_serving import HOST, MODELS, make_data, oip_body, wrk_scripts  # noqa: E402
+from bench_predlog import log_spec  # noqa: E402
+from bench_serving import (  # noqa: E402
+    CLK_TCK,
+    Server,
+    make_data,
+    oip_body,
+    stat_fields,
+    wrk_argv,
+    wrk_result,
+    wrk_scripts,
+)
 
 SCRIPT = "bench_predlog_paired"
 GOAL_RATIO = 0.95
-SERVER_CORE, LOAD_CORE = "0", "1"
 #: (model, rows per request, connections), as bench_predlog
 CELLS = (
     ("w1", 1, 8),
@@ -63,74 +69,61 @@ CELLS = (
 )
 #: (name, sample of the second server); the first server of every pair has the log off
 PAIRS = (("A/A", "0"), ("log 1", "1"), ("log 0.1", "0.1"))
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User + system CPU seconds of a process: all its threads, and its main thread (the
-    event loop, which serves; the rest is the log's writer and idle helpers)."""
-    return _cpu(Path(f"/proc/{pid}/stat")), _cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process's main thread (the event loop, which serves)."""
+    fields = stat_fields(pid, thread=pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 class Pair:
-    """Two ``tandem serve w1 gbdt --threads 1`` on one core, each with its registry copy."""
+    """Two ``tandem serve w1 gbdt --threads 1`` on the server core, each with its registry
+    copy."""
 
     def __init__(self, trained: Path, tmp: Path, samples: tuple[str, str]) -> None:
         src = Path(__file__).resolve().parent.parent / "src"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.ports: list[int] = []
-        for k, sample in enumerate(samples):
-            home = tmp / f"home-{k}"
-            shutil.rmtree(home, ignore_errors=True)
-            shutil.copytree(trained, home)
-            port = free_port()
-            env = {**os.environ, "TANDEM_HOME": str(home), "PYTHONPATH": str(src)}
-            argv = ["taskset", "-c", SERVER_CORE, sys.executable, "-c",
-                    "from tandem.cli import main; main()", "serve", *MODELS, "--host", HOST,
-                    "--port", str(port), "--threads", "1", "--log-sample", sample]  # fmt: skip
-            self.procs.append(
-                subprocess.Popen(
-                    argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
-            self.ports.append(port)
-        for port in self.ports:
-            self._wait_ready(port)
+        log_dir = tmp / "logs"
+        log_dir.mkdir(exist_ok=True)
+        self.servers: list[Server] = []
+        try:
+            for k, sample in enumerate(samples):
+                home = tmp / f"home-{k}"
+                shutil.rmtree(home, ignore_errors=True)
+                shutil.copytree(trained, home)
+                env = {**os.environ, "TANDEM_HOME": str(home), "PYTHONPATH": str(src)}
+                server = Server(log_spec(f"pair-{k}", sample, "paired"), env, log_dir)
+                self.servers.append(server)
+                server.start()
+        except BaseException:
+            self.stop()
+            raise
 
-    @staticmethod
-    def _wait_ready(port: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/v2/health/ready", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"server on :{port} not ready after {timeout:.0f}s")
-
-    def load(self, lua: Path, model: str, c: int, seconds: float) -> list[dict[str, float]]:
+    def load(self, lua: Path, model: str, c: int, seconds: int) -> list[dict[str, float]]:
         """Both servers loaded for the same ``seconds``: requests and CPU seconds of each."""
-        before = [cpu_seconds(p.pid) for p in self.procs]
-        runs = [self._wrk(port, lua, model, c, seconds) for port in self.ports]
-        outputs = [r.communicate()[0] for r in runs]
-        after = [cpu_seconds(p.pid) for p in self.procs]
+        pids = [s.proc.pid for s in self.servers if s.proc is not None]
+        before = [
+            (s.cpu_seconds(), main_thread_cpu_seconds(p))
+            for s, p in zip(self.servers, pids, strict=True)
+        ]
+        runs = [
+            subprocess.Popen(
+                wrk_argv(s.port, model, lua, c, seconds),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for s in self.servers
+        ]  # fmt: skip
+        outputs = [(r.communicate(), r.returncode) for r in runs]
+        after = [
+            (s.cpu_seconds(), main_thread_cpu_seconds(p))
+            for s, p in zip(self.servers, pids, strict=True)
+        ]
         out = []
-        for text, a, b in zip(outputs, before, after, strict=True):
-            found = re.search(r"(\d+) requests in", text)
-            if found is None or "Non-2xx" in text or "Socket errors" in text:
-                raise RuntimeError(f"wrk failed or saw errors:\n{text}")
-            requests = int(found.group(1))
+        for ((stdout, stderr), code), a, b in zip(outputs, before, after, strict=True):
+            r = wrk_result(code, stdout, stderr)
+            if r["status"] or r["connect"] + r["read"] + r["write"] + r["timeout"]:
+                raise RuntimeError(f"wrk saw errors: {r}")
+            requests = max(int(r["requests"]), 1)
             out.append(
                 {
                     "requests": requests,
@@ -140,25 +133,13 @@ class Pair:
             )
         return out
 
-    @staticmethod
-    def _wrk(port: int, lua: Path, model: str, c: int, seconds: float) -> subprocess.Popen[str]:
-        url = f"http://{HOST}:{port}/v2/models/{model}/infer"
-        argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{c}", f"-d{seconds:.0f}s"]
-        return subprocess.Popen([*argv, "-s", str(lua), url], stdout=subprocess.PIPE, text=True)
-
     def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        for server in self.servers:
+            server.stop()
 
 
 def measure(
-    trained: Path, tmp: Path, lua: dict[int, Path], rounds: int, seconds: float
+    trained: Path, tmp: Path, lua: dict[int, Path], rounds: int, seconds: int
 ) -> list[dict[str, Any]]:
     cells = []
     for n, (model, rows, c) in enumerate(CELLS):
@@ -236,11 +217,9 @@ def report(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--seconds", type=int, default=4)
     args = parser.parse_args(argv)
-    unavailable = load_test_unavailable()
-    if unavailable is not None:
-        print(unavailable)
+    if load_test_unavailable():
         return 2
     started = time.perf_counter()
     import tandem

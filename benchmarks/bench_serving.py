@@ -148,10 +148,12 @@ def wrk_scripts(folder: Path, bodies: dict[Any, bytes]) -> dict[Any, Path]:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (index 0 is field 3, state)."""
+def stat_fields(pid: int, thread: int | None = None) -> list[str] | None:
+    """Fields of /proc/<pid>/stat (of one ``thread``'s: /proc/<pid>/task/<thread>/stat) after
+    the command name (index 0 is field 3, state)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(path).read_text()
     except OSError:
         return None
     return raw[raw.rindex(")") + 2 :].split()
@@ -162,7 +164,7 @@ def process_tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            fields = _stat_fields(int(entry))
+            fields = stat_fields(int(entry))
             if fields is not None:
                 children.setdefault(int(fields[1]), []).append(int(entry))
     tree, stack = [], [root]
@@ -177,7 +179,7 @@ def tree_cpu_seconds(root: int) -> float:
     """utime + stime of ``root`` and its descendants (each stat already sums its threads)."""
     ticks = 0
     for pid in process_tree(root):
-        fields = _stat_fields(pid)
+        fields = stat_fields(pid)
         if fields is not None:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / CLK_TCK
@@ -273,7 +275,7 @@ class Server:
         """Record the process tree (pid, start time) so stop() can end exactly these."""
         if self.proc is not None:
             for pid in process_tree(self.proc.pid):
-                fields = _stat_fields(pid)
+                fields = stat_fields(pid)
                 if fields is not None:
                     self.seen.add((pid, fields[19]))
 
@@ -305,7 +307,7 @@ class Server:
                 self.proc.wait(timeout=5)
         # workers (granian) that outlived their parent: only the ones this server started
         for pid, start in self.seen:
-            fields = _stat_fields(pid)
+            fields = stat_fields(pid)
             if fields is not None and fields[19] == start and pid != self.proc.pid:
                 with suppress(OSError):
                     os.kill(pid, 9)
@@ -410,6 +412,22 @@ def core_busy_seconds(core: int) -> float:
     return 0.0
 
 
+def wrk_argv(port: int, model: str, lua: Path, connections: int, seconds: int) -> list[str]:
+    """A closed-loop wrk run on the load core against ``model``'s OIP endpoint."""
+    url = f"http://{HOST}:{port}/v2/models/{model}/infer"
+    argv = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    return [*argv, "--latency", "--timeout", "10s", "-s", str(lua), url]
+
+
+def wrk_result(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    """What :data:`LUA`'s ``done`` printed (requests, errors, latency percentiles)."""
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({returncode}): {stdout[-800:]} {stderr}")
+    result: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
+    return result
+
+
 def run_wrk(
     server: Server, model: str, lua: Path, connections: int, seconds: int
 ) -> dict[str, Any]:
@@ -418,9 +436,7 @@ def run_wrk(
 
     A run that completes no request and reports no error (seen once on the shared machine)
     is repeated once."""
-    url = f"http://{HOST}:{server.port}/v2/models/{model}/infer"
-    argv = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
-    argv += ["--latency", "--timeout", "10s", "-s", str(lua), url]
+    argv = wrk_argv(server.port, model, lua, connections, seconds)
     attempts = 0
     while True:
         attempts += 1
@@ -430,12 +446,7 @@ def run_wrk(
         )
         cpu = server.cpu_seconds() - cpu0
         busy = core_busy_seconds(SERVER_CORE) - busy0
-        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
-        if done.returncode != 0 or line is None:
-            raise RuntimeError(
-                f"wrk failed ({done.returncode}): {done.stdout[-800:]} {done.stderr}"
-            )
-        r = json.loads(line[len("WRKJSON ") :])
+        r = wrk_result(done.returncode, done.stdout, done.stderr)
         errors = r["connect"] + r["read"] + r["write"] + r["timeout"] + r["status"]
         if r["requests"] > 0 or errors > 0 or attempts == 2:
             break
@@ -899,9 +910,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.time_budget or (5.0 if quick else 20.0)
     starts = args.starts or (2 if quick else 3)
     concurrency = tuple(int(c) for c in (args.concurrency or "1,8,64").split(","))
-    unavailable = load_test_unavailable()
-    if unavailable is not None:
-        print(unavailable)
+    if load_test_unavailable():
         return 2
     started = time.perf_counter()
 

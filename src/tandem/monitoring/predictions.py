@@ -288,8 +288,7 @@ class PredictionLog:
                 p.times += [now] * len(ids)
                 p.feeds.append(feed)
                 p.outputs.append(outputs)
-        if self._queued >= self.options.flush_rows:
-            self._wake.set()
+        self._wake_if_full()
 
     def add_table(self, layout: Layout, table: pa.Table) -> None:
         """Rows already laid out as a log table (see :func:`batch_rows`)."""
