@@ -422,11 +422,11 @@ def _day_text(day: int) -> str:
 
 
 #: seconds at most that a served batch's arrays wait before the writer copies their rows
-#: into its buffers (see the module docstring). Short, so that each gather holds the GIL
-#: briefly: 7 µs + 0.7 µs a batch, 0.7 ms at 10,000 batches a second, where a 1 s period
-#: held it 7 ms at a time (a p99 spike). Ten gathers a second cost the writer about 0.1 ms;
-#: paired against 1 s, the server spent 0.4-1.5 % less CPU a one-row request.
-GATHER_S = 0.1
+#: into its buffers (see the module docstring). Not shorter: at 0.1 s, paired runs read
+#: 0.4-1.5 % less CPU a one-row request (inside their noise), but the writer's ten wakes a
+#: second cost a saturated server its goodput under overload (test_overload failed 3 runs
+#: in 22 at 0.1 s, 0 in 14 at 1 s).
+GATHER_S = 1.0
 
 
 @dataclass(eq=False)
