@@ -5,6 +5,7 @@ without torch, reads long texts in chunks, and refuses empty texts clearly."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import urllib.request
@@ -21,8 +22,10 @@ import torch
 import tandem
 from tandem import ConfigError, DataError, Registry, SchemaError, Settings
 from tandem.batch import BatchOptions, run_batch
-from tandem.models.text import TextEncoder
+from tandem.features.text import TextTokens
+from tandem.models.text import TextClassifier, TextEncoder, encoder_folder
 from tandem.monitoring.monitor import check
+from tandem.training.text import TOKENIZER
 from tandem.training.train import kind_of
 from tests.helpers import cli_env
 from tests.serving.conftest import running_server
@@ -102,6 +105,23 @@ def test_fine_tuning_the_top_layer_runs_its_epochs_and_keeps_the_best_on_validat
     rows = table.slice(0, 5)
     frozen = tandem.load("tuned", registry=registry).predict(rows)
     assert frozen.column("label").to_pylist() == rows.column("topic").to_pylist()
+
+
+@pytest.mark.parametrize("tuned", [0, 1], ids=["frozen", "top-layer-tuned"])
+def test_the_validation_answers_kept_from_the_fit_are_the_fitted_models(tuned: int) -> None:
+    """Training scores validation with the probabilities the fit kept (not embedding the
+    texts again): they must be what the model it returns answers."""
+    table = news(12, seed=3)
+    tokens = TextTokens((encoder_folder() / TOKENIZER).read_text(), **SETTINGS)
+    texts = table.column("text").to_pylist()
+    y = np.repeat(np.arange(3), 12)
+    rows = {"train": np.arange(0, 36, 2), "validation": np.arange(1, 36, 2)}
+    feeds = {k: tokens.feed([texts[i] for i in r], "text") for k, r in rows.items()}
+    model = TextClassifier(**SETTINGS, fine_tune_layers=tuned, fine_tune_epochs=1, max_epochs=20)
+    model.fit(feeds, {k: y[r] for k, r in rows.items()}, 3, seed=0, deadline=math.inf)
+    kept = model.validation_proba_
+    assert kept.shape == (18, 3) and kept.dtype == np.float64
+    np.testing.assert_allclose(kept, model.predict(feeds["validation"]), atol=1e-5)
 
 
 def test_a_long_text_is_read_in_chunks_and_scores_the_same_in_any_batch(trained: Path) -> None:

@@ -33,9 +33,10 @@ BATCH = 16
 def fine_tune(
     model: TextClassifier, feeds: dict[str, dict[str, np.ndarray]], y: dict[str, np.ndarray],
     *, seed: int, deadline: float, on_epoch: Callable[[int, dict[str, float]], None] | None,
-) -> None:  # fmt: skip
+) -> np.ndarray:  # fmt: skip
     """Train the top ``model.fine_tune_layers`` layers of ``model.model_``'s encoder and its
-    head in place (see the module docstring)."""
+    head in place (see the module docstring); the kept epoch's probabilities on the
+    validation texts."""
     bert: Any = model.model_.encoder.bert
     layers: Any = bert.encoder.layer
     top = layers[len(layers) - model.fine_tune_layers :]
@@ -49,7 +50,8 @@ def fine_tune(
     optimizer = torch.optim.AdamW(params, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    best = (_accuracy(bert, top, head, cached["validation"], y["validation"]), _state(top, head))
+    proba = _proba(bert, top, head, cached["validation"])
+    best = (_accuracy(proba, y["validation"]), _state(top, head), proba)
     train = cached["train"]
     for epoch in range(1, model.fine_tune_epochs + 1):
         if time.monotonic() > deadline:
@@ -66,14 +68,16 @@ def fine_tune(
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             losses.append(loss.item())
-        accuracy = _accuracy(bert, top, head, cached["validation"], y["validation"])
+        proba = _proba(bert, top, head, cached["validation"])
+        accuracy = _accuracy(proba, y["validation"])
         if on_epoch is not None:
             on_epoch(epoch, {"train_loss": float(np.mean(losses)), "accuracy": accuracy})
         if accuracy > best[0]:
-            best = (accuracy, _state(top, head))
+            best = (accuracy, _state(top, head), proba)
     for layer, state in zip([*top, head], best[1], strict=True):
         layer.load_state_dict(state)
         layer.eval()
+    return best[2]
 
 
 def _state(top: Any, head: nn.Module) -> list[dict[str, Any]]:
@@ -127,13 +131,16 @@ def _pooled(bert: Any, top: Any, texts: list[list[torch.Tensor]]) -> torch.Tenso
     return torch.stack([part.mean(dim=0) for part in torch.split(pooled, counts)])
 
 
-def _accuracy(
-    bert: Any, top: Any, head: nn.Module, texts: list[list[torch.Tensor]], y: np.ndarray
-) -> float:
+def _proba(bert: Any, top: Any, head: nn.Module, texts: list[list[torch.Tensor]]) -> np.ndarray:
+    """Probabilities (n, classes), float64, of ``texts`` (their bottom layers' output)."""
     for layer in top:
         layer.eval()
     with torch.no_grad():
         scores = torch.cat(
             [head(_pooled(bert, top, texts[s : s + 64])) for s in range(0, len(texts), 64)]
         )
-    return float(np.mean(scores.argmax(dim=1).numpy() == y))
+        return torch.softmax(scores, dim=1).double().numpy()
+
+
+def _accuracy(proba: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(proba.argmax(axis=1) == y))

@@ -141,7 +141,10 @@ def train_text(
             raise TrainingError(
                 f"training the text model failed: {exc}; nothing was registered"
             ) from exc
-        predicted = {k: classifier.predict(feeds[k]) for k in ("validation", "test")}
+        predicted = {
+            "validation": classifier.validation_proba_,
+            "test": classifier.predict(feeds["test"]),
+        }
         best = Candidate(
             TextClassifier.name,
             score("classification", ys["validation"], predicted["validation"]),
