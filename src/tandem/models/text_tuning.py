@@ -3,7 +3,8 @@
 The layers below the tuned ones do not change, so they run once over every chunk of every
 text, and their output (only the real tokens, no padding) is kept in memory; each epoch then
 runs only the top layers, forward and backward, over batches of texts. Two learning rates:
-the pretrained layers move slowly (``encoder_lr``), the head at the loop's ``lr``. The epoch
+the pretrained layers move slowly (``encoder_lr``), the head at :data:`HEAD_LR_RATIO` times
+that; both warm up over the first tenth of the steps, then fall linearly to zero. The epoch
 with the best validation accuracy is kept.
 
 This reaches into ``transformers``' BERT (its embeddings, its layers and how it builds their
@@ -28,6 +29,14 @@ __all__ = ["fine_tune"]
 
 #: texts per optimizer step
 BATCH = 16
+#: the head's learning rate while tuning, as a multiple of the encoder's (at most the loop's
+#: ``lr``): at the loop's 1e-2 the first tuning epoch undid the trained head (BBC News, all six
+#: layers: validation 0.964 → 0.919, and no tuning epoch beat the frozen model, test 0.970);
+#: at 20 × 5e-5 with the schedule below, validation rose each epoch, test 0.979
+HEAD_LR_RATIO = 20
+#: the share of steps over which both learning rates rise from zero; then they fall linearly
+#: to zero at the last step
+WARMUP = 0.1
 
 
 def fine_tune(
@@ -45,14 +54,20 @@ def fine_tune(
         for k, f in feeds.items()
     }
     head = model.model_.head
+    head_lr = min(model.config.lr, HEAD_LR_RATIO * model.encoder_lr)
     params = [{"params": [p for layer in top for p in layer.parameters()], "lr": model.encoder_lr},
-              {"params": list(head.parameters()), "lr": model.config.lr}]  # fmt: skip
+              {"params": list(head.parameters()), "lr": head_lr}]  # fmt: skip
     optimizer = torch.optim.AdamW(params, weight_decay=0.01)
+    train = cached["train"]
+    steps = model.fine_tune_epochs * -(-len(train) // BATCH)
+    warm = max(1, round(WARMUP * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: min((k + 1) / warm, max(0.0, (steps - k) / max(1, steps - warm)))
+    )
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     proba = _proba(bert, top, head, cached["validation"])
     best = (_accuracy(proba, y["validation"]), _state(top, head), proba)
-    train = cached["train"]
     for epoch in range(1, model.fine_tune_epochs + 1):
         if time.monotonic() > deadline:
             break
@@ -67,6 +82,7 @@ def fine_tune(
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            schedule.step()
             losses.append(loss.item())
         proba = _proba(bert, top, head, cached["validation"])
         accuracy = _accuracy(proba, y["validation"])
