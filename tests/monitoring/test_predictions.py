@@ -361,3 +361,111 @@ def test_feedback_by_a_key_column_and_bad_labels(models_home: Path, tmp_path: Pa
             add_labels(reg, "mixed", tmp_path / "one.parquet", key="city_id")
         with pytest.raises(DataError, match="no 'request_id' column"):
             add_labels(reg, "mixed", tmp_path / "one.parquet")
+
+
+def _ipc_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as out:
+        out.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_direct_and_buffered_hot_files_are_the_same_file(tmp_path: Path) -> None:
+    """The writer's direct writes (past the page cache, in whole 4 KiB blocks from its own
+    buffer, grown as tables grow) give byte for byte the Arrow file a buffered write gives."""
+    import sys
+
+    from tandem.monitoring.predictions import HotFiles
+
+    direct, buffered = HotFiles(), HotFiles(direct=False)
+    rng = np.random.default_rng(0)
+    for n in (1, 1_000, 60_000, 7):  # the third outgrows the first buffer; the last, after it
+        table = pa.table({"x": rng.normal(size=n), "s": [f"r{k}" for k in range(n)]})
+        a, b = tmp_path / f"direct-{n}.arrow", tmp_path / f"buffered-{n}.arrow"
+        direct.write(a, table)
+        buffered.write(b, table)
+        assert a.read_bytes() == b.read_bytes() == _ipc_bytes(table)
+        assert len(_ipc_bytes(table)) % HotFiles.ALIGN  # a part block, cut to length
+    if sys.platform == "linux":  # ext4 and tmpfs take direct writes: they were used
+        assert direct.direct
+    with pytest.raises(FileExistsError):  # never over another file
+        direct.write(a, table)
+
+
+def test_a_file_system_refusing_direct_writes_gets_buffered_ones(tmp_path: Path) -> None:
+    """When the kernel refuses a direct write (here: lengths it cannot take directly), the
+    file is written through the page cache instead, whole, and so are the next ones."""
+    from tandem.monitoring.predictions import HotFiles
+
+    class Unaligned(HotFiles):
+        ALIGN = 1  # whole files of any length: the kernel wants blocks (EINVAL)
+
+    files = Unaligned()
+    table = pa.table({"x": np.arange(3.0)})
+    assert len(_ipc_bytes(table)) % 512
+    for k in range(2):
+        files.write(tmp_path / f"{k}.arrow", table)
+        assert (tmp_path / f"{k}.arrow").read_bytes() == _ipc_bytes(table)
+    assert not files.direct
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.arrow", "1.arrow"]
+
+
+def test_the_reserved_columns_are_written_once_a_request(tmp_path: Path) -> None:
+    """A served request's id, time, version and source are written once (run-end encoded),
+    not once a row; readers get one value a row, of the plain types."""
+    from tandem.monitoring.predictions import HOT_SUFFIX
+
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 4, ("a",), (), ("prediction",))
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+    for k in range(3):
+        n = 32 + k
+        plog.add(
+            layout, f"r{k}", {"numeric": np.full((1, n), k, float)}, {"prediction": np.zeros(n)}, n
+        )
+    plog.close()
+    (hot,) = log_folder("m", home).glob(f"*/*{HOT_SUFFIX}")
+    with pa.memory_map(str(hot)) as source:
+        schema = pa.ipc.open_file(source).schema
+    for name in (REQUEST_ID, TIME, VERSION, SOURCE):
+        assert pa.types.is_run_end_encoded(schema.field(name).type), name
+    got = read_log("m", settings=home)
+    assert got.schema.field(REQUEST_ID).type == pa.string() == got.schema.field(SOURCE).type
+    assert got.schema.field(TIME).type == pa.timestamp("us", tz="UTC")
+    assert got.schema.field(VERSION).type == pa.int32()
+    ids = got.column(REQUEST_ID).to_pylist()
+    assert ids == ["r0"] * 32 + ["r1"] * 33 + ["r2"] * 34
+    assert got.column(ROW).to_pylist() == [*range(32), *range(33), *range(34)]
+    assert set(got.column(SOURCE).to_pylist()) == {"serve"} and set(
+        got.column(VERSION).to_pylist()
+    ) == {4}
+    assert [float(a) for a in got.column("a").to_pylist()] == [0.0] * 32 + [1.0] * 33 + [2.0] * 34
+
+
+def test_a_write_across_midnight_splits_by_day(tmp_path: Path) -> None:
+    """Rows whose times fall on two UTC days land in two day partitions, and read back whole."""
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 1, ("a",), (), ())
+    midnight = datetime(2026, 11, 23, tzinfo=UTC)
+    times = [midnight - timedelta(seconds=1), midnight + timedelta(seconds=1)]
+    ends = pa.array(np.array([2, 5], dtype=np.int32))
+    table = pa.table(
+        {
+            REQUEST_ID: pa.RunEndEncodedArray.from_arrays(ends, pa.array(["late", "early"])),
+            ROW: pa.array(np.array([0, 1, 0, 1, 2], dtype=np.int32)),
+            TIME: pa.RunEndEncodedArray.from_arrays(
+                ends, pa.array(times, pa.timestamp("us", tz="UTC"))
+            ),
+            "a": np.arange(5.0),
+        }
+    )
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+    plog.add_table(layout, table)
+    plog.close()
+    days = sorted(p.name for p in log_folder("m", home).iterdir())
+    assert days == ["date=2026-11-22", "date=2026-11-23"]
+    got = read_log("m", settings=home)
+    assert got.column(REQUEST_ID).to_pylist() == ["late", "late", "early", "early", "early"]
+    assert got.column("a").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    after = read_log("m", since=midnight, settings=home)
+    assert after.column(ROW).to_pylist() == [0, 1, 2]
