@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -469,3 +470,103 @@ def test_a_write_across_midnight_splits_by_day(tmp_path: Path) -> None:
     assert got.column("a").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     after = read_log("m", since=midnight, settings=home)
     assert after.column(ROW).to_pylist() == [0, 1, 2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=1, max_value=5), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=14,
+    ),
+    st.sampled_from(["int", "text", "float"]),
+)
+def test_numeric_batches_kept_as_bytes_come_back_whole(
+    tmp_path_factory: pytest.TempPathFactory,
+    requests: list[tuple[int, bool, bool]],
+    label_kind: str,
+) -> None:
+    """A model of numbers only has its whole batches kept as bytes (a record a batch size),
+    and batches it cannot (some requests not logged) as arrays; either way each logged
+    request's rows come back whole, with their request, position, inputs and outputs."""
+    home = Settings(home=tmp_path_factory.mktemp("log"))
+    layout = Layout("m", 1, ("a", "b", "c"), (), ("label", "proba"))
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+    batch: list[tuple[int, int, bool]] = []
+    prefix: list[bool] = []
+
+    def label(i: np.ndarray) -> np.ndarray:
+        if label_kind == "text":
+            return np.asarray([f"class-{k}" for k in i])  # fixed-width text, not objects
+        return i.astype(np.int64 if label_kind == "int" else np.float32)
+
+    def send() -> None:
+        i_of = np.concatenate([np.full(n, i) for i, n, _ in batch])
+        within = np.concatenate([np.arange(n) for _, n, _ in batch])
+        starts = np.cumsum([0] + [n for _, n, _ in batch])
+        answered = [
+            (f"r{i}", int(s), n) for (i, n, kept), s in zip(batch, starts, strict=False) if kept
+        ]
+        kept = [(s, n) for _, s, n in answered]
+        # the logged rows start the batch, one after the other: they can be kept as bytes
+        prefix.append(bool(kept) and kept[0][0] == 0 and all(
+            b[0] == a[0] + a[1] for a, b in pairwise(kept)
+        ))  # fmt: skip
+        raw = np.stack([i_of / 10, within / 10], axis=1)  # outputs: views of one matrix
+        feed = {"numeric": np.vstack([i_of, within, -i_of]).astype(float)}
+        plog.add_batch(layout, feed, {"label": label(i_of), "proba": raw[:, 0]}, answered)
+        batch.clear()
+
+    for i, (n, logged, batch_ends) in enumerate(requests):
+        batch.append((i, n, logged))
+        if batch_ends:
+            send()
+    if batch:
+        send()
+    plog.flush()
+    records = plog._records.get(layout)
+    plog.close()
+    expected = {f"r{i}": n for i, (n, logged, _) in enumerate(requests) if logged}
+    if any(prefix):
+        assert records is not None and records.by_rows  # numbers, fixed-width text: as bytes
+    got = read_log("m", settings=home).to_pylist() if expected else []
+    assert len(got) == sum(expected.values())
+    for row in got:
+        i = int(row["a"])
+        assert row[REQUEST_ID] == f"r{i}" and row[ROW] == row["b"] < expected[f"r{i}"]
+        assert row["c"] == -i and row["__proba"] == pytest.approx(i / 10)
+        assert row["__label"] == (f"class-{i}" if label_kind == "text" else i)
+
+
+def test_batches_kept_as_bytes_across_several_buffers(tmp_path: Path) -> None:
+    """Enough 32-row batches to fill several of the log's byte buffers (about 1 MB each)
+    come back whole and in order, however many buffers they took; and so do the next
+    ones, written over the same buffers once the writer has read them."""
+    from tandem.monitoring import predictions
+
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 2, tuple(f"x{k}" for k in range(32)), (), ("label", "p"))
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+    per_round = 3 * predictions._CHUNK // (34 * 8 * 32) + 5  # a batch: 32 rows of 34 numbers
+    batches = 2 * per_round
+    for b in range(batches):
+        feed = {"numeric": np.arange(32 * 32, dtype=float).reshape(32, 32) + b * 10_000}
+        raw = np.stack([np.full(32, b), np.arange(32.0)], axis=1)
+        plog.add_batch(layout, feed, {"label": raw[:, 0].astype(np.int64), "p": raw[:, 1]},
+                       [(f"r{b}", 0, 32)])  # fmt: skip
+        if b == per_round - 1:
+            records = plog._records[layout]
+            assert records is not None and len(records.by_rows[32].chunks) >= 3
+            used = {id(c) for c in records.by_rows[32].chunks}
+            plog.flush()
+    assert used & {id(c) for c in records.by_rows[32].chunks}  # the same buffers, again
+    plog.close()
+    got = read_log("m", settings=home)
+    assert got.num_rows == 32 * batches
+    ids = got.column(REQUEST_ID).to_pylist()
+    assert ids == [f"r{b}" for b in range(batches) for _ in range(32)]
+    x5 = np.asarray(got.column("x5"))  # feature 5 of row j in batch b: 5 * 32 + j + b * 10_000
+    b_of, j = np.repeat(np.arange(batches), 32), np.tile(np.arange(32), batches)
+    np.testing.assert_array_equal(x5, 5 * 32 + j + b_of * 10_000)
+    np.testing.assert_array_equal(np.asarray(got.column("__label")), b_of)
+    np.testing.assert_array_equal(np.asarray(got.column("__p")), j)

@@ -7,21 +7,26 @@ the whole history). A row holds the model's input columns, coerced as the model 
 in :data:`RESERVED`: request id, row within the request, time, model version and source.
 
 **Off the request path.** The server logs a batch, not a request: once a batch of requests
-has run, its feed and decoded outputs (arrays the batcher made anyway) go to the log as they
-are, with the batch's request ids and their row counts, one append under a lock for the whole
-batch; a logged request costs its share of that and nothing more, and holds no arrays of its
-own until the writer gathers them. A writer thread gathers every :data:`GATHER_S` seconds:
-it copies what the batches left into its column buffers, one concatenation per column, and
-lets the batches' arrays go (held ten seconds, until the write, they cost the serving core
-3 % more at one-row requests: fresh memory for every allocation instead of the cached memory
-of the requests just freed; measured with two servers sharing one core, see
-``benchmarks/bench_predlog_paired.py``). Every :attr:`LogOptions.flush_s` seconds (or sooner, once
-:attr:`LogOptions.flush_rows` rows wait) it makes one Arrow table per model version from
-views of its buffers and writes it as one Arrow IPC file, temp + rename, so a reader never
-sees half a file and a killed server loses at most the rows that waited. The buffers are
-kept from one write to the next: a steady server allocates nothing new for its log. When more than
-:attr:`LogOptions.max_queued_rows` wait (the disk cannot keep up), new rows are dropped and
-counted rather than let memory grow without bound.
+has run, its feed and decoded outputs (arrays the batcher made anyway) go to the log with the
+batch's request ids and their row counts, one append under a lock for the whole batch; a
+logged request costs its share of that and nothing more. A model whose inputs and outputs
+are numbers (or fixed-width text) has the batch's arrays appended as bytes to a buffer for
+batches of that size (:class:`_Records`), so they are freed at once, in the serving thread,
+whose next request reuses their memory; other batches (text inputs as objects, image or
+text statistics, a batch of which only some requests are logged) are held as arrays. A
+writer thread gathers every :data:`GATHER_S` seconds: it reads each bytes buffer as a
+structured array and the held arrays one concatenation a column, copies both into its
+column buffers, and lets them go. (Held until the write, the arrays cost the serving core
+3 % more at one-row requests: fresh memory for every allocation; held until the gather, 1-2
+%; as bytes, the writer's gather costs a third of the concatenations': measured with two
+servers sharing one core, see ``benchmarks/bench_predlog_paired.py``.) Every
+:attr:`LogOptions.flush_s` seconds (or sooner, once :attr:`LogOptions.flush_rows` rows wait)
+it makes one Arrow table per model version from views of its buffers and writes it as one
+Arrow IPC file, temp + rename, so a reader never sees half a file and a killed server loses
+at most the rows that waited. The buffers are kept from one write to the next: a steady
+server allocates nothing new for its log. When more than :attr:`LogOptions.max_queued_rows`
+wait (the disk cannot keep up), new rows are dropped and counted rather than let memory grow
+without bound.
 
 **Hot files, then Parquet.** The writer shares the serving core, so it writes the cheapest
 format: uncompressed Arrow IPC, measured at 0.4 µs a row of 40 columns against 1.6 for
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
 import logging
 import mmap
@@ -216,6 +222,10 @@ class PredictionLog:
         self._home = settings or Settings.from_env()
         self._lock = threading.Lock()
         self._pending: dict[Layout, _Pending] = {}
+        #: per layout, its one-row requests as records (None: its arrays cannot be)
+        self._records: dict[Layout, _Records | None] = {}
+        #: record buffers read by the writer, for the next records
+        self._spare: list[io.BytesIO] = []
         self._queued = 0
         self.dropped_rows = 0
         self.written_rows = 0
@@ -277,6 +287,12 @@ class PredictionLog:
                 rows += n
         if not rows:
             return
+        if together and not first:  # the batch's rows from its first: as a record, if they can be
+            records = self._records.get(layout, _UNSEEN)
+            if records is _UNSEEN:  # setdefault: another serving thread may be first
+                records = self._records.setdefault(layout, _Records.of(layout, feed, outputs))
+            if records is not None and self._add_record(records, ids, counts, rows, feed, outputs):
+                return
         if not together:
             index = np.concatenate([np.arange(s, s + n) for _, s, n in answered])
             feed = {k: v[..., index] for k, v in feed.items()}
@@ -295,6 +311,53 @@ class PredictionLog:
                 p.feeds.append(feed)
                 p.outputs.append(outputs)
         self._wake_if_full()
+
+    def _add_record(
+        self, records: _Records, ids: list[str], counts: list[int], rows: int,
+        feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+    ) -> bool:  # fmt: skip
+        """A batch's rows appended as bytes to the record of its size; False (nothing kept)
+        when its arrays are not that record's bytes (the feed holds more rows than these)."""
+        now = time.time()
+        with self._lock:
+            if self._queued + rows > self.options.max_queued_rows:
+                self.dropped_rows += rows
+                return True
+            record = records.by_rows.get(rows)
+            if record is None:
+                record = records.by_rows[rows] = records.record(rows, feed, outputs)
+                record.chunks.append(self._chunk())
+            chunk = record.chunks[-1]
+            start = chunk.tell()
+            write = chunk.write
+            try:
+                for in_feed, key, whole in record.plan:
+                    a = (feed if in_feed else outputs)[key]
+                    write(a if whole else a.tobytes())  # type: ignore[arg-type]  # a buffer
+                kept = chunk.tell() - start == record.size
+            except (BufferError, TypeError, KeyError):  # not one block after all; no such key
+                kept = False
+            if not kept:
+                chunk.seek(start)  # what it wrote is written over
+                return False
+            if chunk.tell() >= _CHUNK:
+                record.chunks.append(self._chunk())
+            record.ids += ids
+            record.counts += counts
+            record.times += [now] * len(ids)
+            self._queued += rows
+        self._wake_if_full()
+        return True
+
+    def _chunk(self) -> io.BytesIO:
+        """A bytes buffer for records, at its start: a spare one (see :meth:`_gather`) or a
+        new one, its memory taken now. Called under the lock."""
+        if self._spare:
+            return self._spare.pop()
+        chunk = io.BytesIO()
+        chunk.write(bytes(_CHUNK + _CHUNK // 4))  # room for a batch past the mark
+        chunk.seek(0)
+        return chunk
 
     def add_table(self, layout: Layout, table: pa.Table) -> None:
         """Rows already laid out as a log table (see :func:`batch_rows`)."""
@@ -349,11 +412,26 @@ class PredictionLog:
         holding ``_writing``."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            records = [
+                (layout, r.swap(self._chunk()))
+                for layout, rs in self._records.items()
+                if rs is not None
+                for r in rs.by_rows.values()
+                if r.ids
+            ]
         for p in pending.values():
-            g = self._gathered.get(p.layout)
-            if g is None:
-                g = self._gathered[p.layout] = _Gathered(p.layout)
-            g.take(p)
+            self._gathered_of(p.layout).take(p)
+        spare = []
+        for layout, taken in records:
+            spare += self._gathered_of(layout).take_records(*taken)
+        with self._lock:  # their memory is faulted in: reused, never given back for new
+            self._spare += spare[: max(_SPARE - len(self._spare), 0)]
+
+    def _gathered_of(self, layout: Layout) -> _Gathered:
+        g = self._gathered.get(layout)
+        if g is None:
+            g = self._gathered[layout] = _Gathered(layout)
+        return g
 
     def close(self) -> None:
         """Write what waits and stop the writer thread."""
@@ -512,6 +590,106 @@ def _day_text(day: int) -> str:
 GATHER_S = 1.0
 
 
+_UNSEEN: Any = object()
+#: a record's bytes go in buffers of about this size: a buffer that grew to a second's worth
+#: (tens of MB) was given back to the system at each gather and faulted in again, page by
+#: page, by the serving thread (+3 µs a 32-row request); buffers this size are reused
+_CHUNK = 1 << 20
+#: spare record buffers kept at most (a second's worth at 64 MB/s of log)
+_SPARE = 64
+
+
+@dataclass(eq=False)
+class _Records:
+    """A layout's served batches kept as bytes, not as arrays: one :class:`_Record` per
+    batch size.
+
+    Why: a batch's arrays (its feed, each output) held until the writer gathers them cost
+    the serving core twice: memory that stays taken (each new request's arrays in fresh
+    memory, not the cached memory of the last one's), and for the writer, one concatenation
+    an array (0.2-0.4 µs each, whatever its size, so most of the cost of a one-row request).
+    Appending the arrays' bytes to one buffer lets them go at once, and the writer reads a
+    buffer of same-size batches as a structured array: one strided copy a column.
+    Only for arrays of numbers or fixed-width text (an object array's bytes are pointers),
+    as the first batch shows them: the same model version always gives the same kinds.
+    """
+
+    feed_keys: tuple[str, ...]
+    output_keys: tuple[str, ...]
+    #: (buffer key, dtype, the shape of one row: (features,) for the feed, () for outputs)
+    columns: tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...]
+    by_rows: dict[int, _Record] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, layout: Layout, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> _Records | None:
+        """The records of ``layout``'s batches like this one; None when its arrays cannot
+        be kept as bytes (text as objects, image or text statistics)."""
+        if layout.statistics is not None or layout.categorical:
+            return None
+        feed_keys = (NUMERIC_INPUT,) if layout.numeric else ()
+        columns: list[tuple[str, np.dtype[Any], tuple[int, ...]]] = []
+        for key in feed_keys:
+            a = feed.get(key)
+            if a is None or a.ndim != 2:
+                return None
+            columns.append((key, a.dtype, (a.shape[0],)))
+        for key in layout.outputs:
+            a = outputs.get(key)
+            if a is None or a.ndim != 1:
+                return None
+            columns.append((OUTPUT_PREFIX + key, a.dtype, ()))
+        if not columns or any(dtype.kind not in "biufU" for _, dtype, _ in columns):
+            return None
+        return cls(feed_keys, layout.outputs, tuple(columns))
+
+    def record(
+        self, rows: int, feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> _Record:
+        """The record of a batch of ``rows`` rows like this one: the feed's arrays (features,
+        rows) and each output's (rows,), their bytes one after the other. An array that is
+        a view of others (a class's probabilities: a column of the graph's output) is copied
+        out (``tobytes``) before it is appended, as the first batch of this size shows."""
+        fields = [(key, dtype, (*shape, rows)) for key, dtype, shape in self.columns]
+        dtype = np.dtype(fields)
+        plan = tuple(
+            (in_feed, key, bool(source[key].flags.c_contiguous))
+            for in_feed, keys, source in (
+                (True, self.feed_keys, feed),
+                (False, self.output_keys, outputs),
+            )
+            for key in keys
+        )
+        return _Record(dtype, dtype.itemsize, plan)
+
+
+@dataclass(eq=False)
+class _Record:
+    """Served batches of one size, as bytes (see :class:`_Records`), with their requests."""
+
+    dtype: np.dtype[Any]
+    size: int
+    #: per array, in the record's order: (from the feed, not the outputs; its key; whether
+    #: it is one block already, else it is copied out first)
+    plan: tuple[tuple[bool, str, bool], ...]
+    #: the batches' bytes, in buffers of about :data:`_CHUNK` bytes (whole batches each,
+    #: up to each one's position)
+    chunks: list[io.BytesIO] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    def swap(
+        self, chunk: io.BytesIO
+    ) -> tuple[_Record, list[io.BytesIO], list[str], list[int], list[float]]:
+        """What waits, handed over; ``chunk`` takes the next batches. Called under the
+        log's lock."""
+        taken = self, self.chunks, self.ids, self.counts, self.times
+        self.chunks, self.ids, self.counts, self.times = [chunk], [], [], []
+        return taken
+
+
 @dataclass(eq=False)
 class _Gathered(_Rows):
     """The writer's rows of one layout since its last write, the served ones copied into
@@ -545,6 +723,40 @@ class _Gathered(_Rows):
         for key, arrays in parts.items():
             buffer = self._room(key, arrays[0], end)
             np.concatenate(arrays, axis=-1, out=buffer[..., self.filled : end])
+        self.filled = end
+
+    def take_records(
+        self, record: _Record, chunks: list[io.BytesIO], ids: list[str], counts: list[int],
+        times: list[float],
+    ) -> list[io.BytesIO]:  # fmt: skip
+        """Copy batches kept as bytes in, one strided copy a column a chunk; the chunks back,
+        read, each at its start."""
+        self.ids += ids
+        self.counts += counts
+        self.times += times
+        for chunk in chunks:
+            used = chunk.tell()
+            if used:
+                with chunk.getbuffer() as view:
+                    self._take_chunk(record, view[:used])
+            chunk.seek(0)
+        return chunks
+
+    def _take_chunk(self, record: _Record, data: memoryview) -> None:
+        """One chunk's batches (the arrays made here are gone when it returns, so that the
+        chunk can be written again)."""
+        batches = np.frombuffer(data, dtype=record.dtype)
+        per = record.dtype[0].shape[-1]  # rows a batch
+        n = len(batches) * per
+        self.rows += n
+        end = self.filled + n
+        for key in record.dtype.names or ():
+            column = batches[key]  # (batches, features, rows) or (batches, rows)
+            if column.ndim == 3:  # -> (features, batches, rows): the buffer's (features, n)
+                column = column.transpose(1, 0, 2)
+            target = self._room(key, column[..., 0, :], end)[..., self.filled : end]
+            # a view: the rows' axis, contiguous in the buffer, split into (batches, rows)
+            target.reshape(*target.shape[:-1], len(batches), per)[...] = column
         self.filled = end
 
     def _room(self, key: str, first: np.ndarray, end: int) -> np.ndarray:
