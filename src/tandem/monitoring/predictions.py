@@ -269,12 +269,16 @@ class PredictionLog:
     ) -> None:
         """The logged requests of one batch: ``feed`` as given to the graph (rows on the last
         axis), ``outputs`` decoded (rows first), and ``answered``: (request id, first row in
-        the batch, rows) of each logged request, in batch order. When they are the whole
-        batch (every request logged) the arrays are kept as they are; when they are rows next
-        to each other (one request of several), views of them; otherwise their rows are
-        taken out first."""
+        the batch, rows) of each logged request, in batch order. A model of numbers has them
+        kept as bytes (:class:`_Records`): the whole batch's arrays when they are the whole
+        batch, each request's rows copied out otherwise. Other models' arrays are kept as
+        they are when they are the whole batch; when they are rows next to each other (one
+        request of several), views of them; otherwise their rows are taken out first."""
         if not answered:
             return
+        records = self._records.get(layout, _UNSEEN)
+        if records is _UNSEEN:  # setdefault: another serving thread may be first
+            records = self._records.setdefault(layout, _Records.of(layout, feed, outputs))
         if len(answered) == 1:  # the common case, kept short: this runs on the serving thread
             rid, first, rows = answered[0]
             ids, counts, together = [rid], [rows], True
@@ -287,12 +291,29 @@ class PredictionLog:
                 rows += n
         if not rows:
             return
-        if together and not first:  # the batch's rows from its first: as a record, if they can be
-            records = self._records.get(layout, _UNSEEN)
-            if records is _UNSEEN:  # setdefault: another serving thread may be first
-                records = self._records.setdefault(layout, _Records.of(layout, feed, outputs))
-            if records is not None and self._add_record(records, ids, counts, rows, feed, outputs):
+        if records is not None:
+            # the batch's rows from its first: its arrays, whole
+            if (
+                together
+                and not first
+                and self._add_record(records, ids, counts, rows, feed, outputs)
+            ):
                 return
+            # some of the batch: each request's rows, copied out
+            answered = [
+                a for a in answered
+                if not (a[2] and self._add_record(
+                    records, [a[0]], [a[2]], a[2], feed, outputs, (a[1], a[1] + a[2])
+                ))
+            ]  # fmt: skip
+            if not answered:
+                return
+            ids = [rid for rid, _, _ in answered]
+            counts = [n for _, _, n in answered]
+            first, rows, together = answered[0][1], 0, True
+            for _, start, n in answered:
+                together = together and start == first + rows
+                rows += n
         if not together:
             index = np.concatenate([np.arange(s, s + n) for _, s, n in answered])
             feed = {k: v[..., index] for k, v in feed.items()}
@@ -315,9 +336,11 @@ class PredictionLog:
     def _add_record(
         self, records: _Records, ids: list[str], counts: list[int], rows: int,
         feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+        span: tuple[int, int] | None = None,
     ) -> bool:  # fmt: skip
-        """A batch's rows appended as bytes to the record of its size; False (nothing kept)
-        when its arrays are not that record's bytes (the feed holds more rows than these)."""
+        """A batch's rows appended as bytes to the record of their number, the arrays whole
+        or (``span``: first row, end) those rows of them copied out; False (nothing kept)
+        when they are not that record's bytes (whole arrays of more rows than these)."""
         now = time.time()
         with self._lock:
             if self._queued + rows > self.options.max_queued_rows:
@@ -331,11 +354,17 @@ class PredictionLog:
             start = chunk.tell()
             write = chunk.write
             try:
-                for in_feed, key, whole in record.plan:
-                    a = (feed if in_feed else outputs)[key]
-                    write(a if whole else a.tobytes())  # type: ignore[arg-type]  # a buffer
+                if span is None:
+                    for in_feed, key, whole in record.plan:
+                        a = (feed if in_feed else outputs)[key]
+                        write(a if whole else a.tobytes())  # type: ignore[arg-type]  # a buffer
+                else:
+                    lo, hi = span
+                    for in_feed, key, _ in record.plan:
+                        a = (feed if in_feed else outputs)[key]
+                        write((a[..., lo:hi] if in_feed else a[lo:hi]).tobytes())
                 kept = chunk.tell() - start == record.size
-            except (BufferError, TypeError, KeyError):  # not one block after all; no such key
+            except (BufferError, TypeError, ValueError, KeyError):  # not one block; no such key
                 kept = False
             if not kept:
                 chunk.seek(start)  # what it wrote is written over
