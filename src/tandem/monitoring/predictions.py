@@ -11,17 +11,17 @@ has run, its feed and decoded outputs (arrays the batcher made anyway) go to the
 batch's request ids and their row counts, one append under a lock for the whole batch; a
 logged request costs its share of that and nothing more. A model whose inputs and outputs
 are numbers (or fixed-width text) has the batch's arrays appended as bytes to a buffer for
-batches of that size (:class:`_Records`), so they are freed at once, in the serving thread,
-whose next request reuses their memory; other batches (text inputs as objects, image or
-text statistics, a batch of which only some requests are logged) are held as arrays. A
-writer thread gathers every :data:`GATHER_S` seconds: it reads each bytes buffer as a
+batches of that size (:class:`_Records`; only the logged requests' rows, copied out, when
+some of the batch is not logged), so they are freed at once, in the serving thread, whose
+next request reuses their memory; other models' batches (text inputs as objects, image or
+text statistics) are held as arrays. A writer thread gathers every :data:`GATHER_S` seconds: it reads each bytes buffer as a
 structured array and the held arrays one concatenation a column, copies both into its
 column buffers, and lets them go. (Held until the write, the arrays cost the serving core
 3 % more at one-row requests: fresh memory for every allocation; held until the gather, 1-2
-%; as bytes, the writer's gather costs a third of the concatenations': measured with two
-servers sharing one core, see ``benchmarks/bench_predlog_paired.py``.) Every
-:attr:`LogOptions.flush_s` seconds (or sooner, once :attr:`LogOptions.flush_rows` rows wait)
-it makes one Arrow table per model version from views of its buffers and writes it as one
+%. As bytes, the writer's cost a request fell from 2.7-5.7 to 1.2-3.3 µs and the server's
+CPU a request by 1-3 %: measured with two servers sharing one core, see
+``benchmarks/bench_predlog_paired.py``.) Every :attr:`LogOptions.flush_s` seconds (or
+sooner, once :attr:`LogOptions.flush_rows` rows wait) it makes one Arrow table per model version from views of its buffers and writes it as one
 Arrow IPC file, temp + rename, so a reader never sees half a file and a killed server loses
 at most the rows that waited. The buffers are kept from one write to the next: a steady
 server allocates nothing new for its log. When more than :attr:`LogOptions.max_queued_rows`
