@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -189,14 +190,41 @@ def test_bounded_memory_drops_and_counts(tmp_path: Path) -> None:
     assert plog.written_rows == 8 == read_log("m", settings=home).num_rows
 
 
-@settings(max_examples=25, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.integers(min_value=1, max_value=7), st.booleans(), st.booleans()),
-        min_size=1,
-        max_size=12,
-    )
+def replay(
+    requests: list[tuple[int, bool, bool]],
+    send: Callable[[np.ndarray, np.ndarray, list[tuple[str, int, int]]], None],
+) -> None:
+    """Requests (rows, logged, ends its batch) gathered into batches as drawn: ``send`` gets
+    each batch's request of each row, each row's position in its request, and (request id,
+    first row, rows) of its logged requests."""
+    batch: list[tuple[int, int, bool]] = []
+
+    def flush() -> None:
+        i_of = np.concatenate([np.full(n, i) for i, n, _ in batch])
+        within = np.concatenate([np.arange(n) for _, n, _ in batch])
+        starts = np.cumsum([0] + [n for _, n, _ in batch])
+        send(i_of, within,
+             [(f"r{i}", int(s), n) for (i, n, kept), s in zip(batch, starts, strict=False) if kept])  # fmt: skip
+        batch.clear()
+
+    for i, (n, logged, batch_ends) in enumerate(requests):
+        batch.append((i, n, logged))
+        if batch_ends:
+            flush()
+    if batch:
+        flush()
+
+
+#: requests as ``replay`` takes them: (rows, logged, ends its batch)
+REQUESTS = st.lists(
+    st.tuples(st.integers(min_value=1, max_value=7), st.booleans(), st.booleans()),
+    min_size=1,
+    max_size=14,
 )
+
+
+@settings(max_examples=25, deadline=None)
+@given(REQUESTS)
 def test_request_rows_keep_their_order(
     tmp_path_factory: pytest.TempPathFactory, requests: list[tuple[int, bool, bool]]
 ) -> None:
@@ -206,26 +234,13 @@ def test_request_rows_keep_their_order(
     home = Settings(home=tmp_path_factory.mktemp("log"))
     layout = Layout("m", 1, ("a", "b"), ("c",), ("label",))
     plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
-    batch: list[tuple[int, int, bool]] = []  # (request, rows, logged)
 
-    def send() -> None:  # one batch: its feed and outputs, and where its logged requests sit
-        i_of = np.concatenate([np.full(n, i) for i, n, _ in batch])
-        within = np.concatenate([np.arange(n) for _, n, _ in batch])
-        starts = np.cumsum([0] + [n for _, n, _ in batch])
-        answered = [
-            (f"r{i}", int(s), n) for (i, n, kept), s in zip(batch, starts, strict=False) if kept
-        ]
+    def send(i_of: np.ndarray, within: np.ndarray, answered: list[tuple[str, int, int]]) -> None:
         feed = {"numeric": np.vstack([i_of.astype(float), within.astype(float)]),
                 "categorical": np.array([[f"c{i}" for i in i_of]], dtype=object)}  # fmt: skip
         plog.add_batch(layout, feed, {"label": i_of.copy()}, answered)
-        batch.clear()
 
-    for i, (n, logged, batch_ends) in enumerate(requests):
-        batch.append((i, n, logged))
-        if batch_ends:
-            send()
-    if batch:
-        send()
+    replay(requests, send)
     plog.close()
     expected = {f"r{i}": n for i, (n, logged, _) in enumerate(requests) if logged}
     got = read_log("m", settings=home).to_pylist() if expected else []
@@ -473,26 +488,18 @@ def test_a_write_across_midnight_splits_by_day(tmp_path: Path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.integers(min_value=1, max_value=5), st.booleans(), st.booleans()),
-        min_size=1,
-        max_size=14,
-    ),
-    st.sampled_from(["int", "text", "float"]),
-)
+@given(REQUESTS, st.sampled_from(["int", "text", "float"]))
 def test_numeric_batches_kept_as_bytes_come_back_whole(
     tmp_path_factory: pytest.TempPathFactory,
     requests: list[tuple[int, bool, bool]],
     label_kind: str,
 ) -> None:
-    """A model of numbers only has its whole batches kept as bytes (a record a batch size),
-    and batches it cannot (some requests not logged) as arrays; either way each logged
+    """A model of numbers has its whole batches kept as bytes (a record a batch size), and
+    the logged requests of partly logged ones copied out as bytes; either way each logged
     request's rows come back whole, with their request, position, inputs and outputs."""
     home = Settings(home=tmp_path_factory.mktemp("log"))
     layout = Layout("m", 1, ("a", "b", "c"), (), ("label", "proba"))
     plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
-    batch: list[tuple[int, int, bool]] = []
     prefix: list[bool] = []
 
     def label(i: np.ndarray) -> np.ndarray:
@@ -500,13 +507,7 @@ def test_numeric_batches_kept_as_bytes_come_back_whole(
             return np.asarray([f"class-{k}" for k in i])  # fixed-width text, not objects
         return i.astype(np.int64 if label_kind == "int" else np.float32)
 
-    def send() -> None:
-        i_of = np.concatenate([np.full(n, i) for i, n, _ in batch])
-        within = np.concatenate([np.arange(n) for _, n, _ in batch])
-        starts = np.cumsum([0] + [n for _, n, _ in batch])
-        answered = [
-            (f"r{i}", int(s), n) for (i, n, kept), s in zip(batch, starts, strict=False) if kept
-        ]
+    def send(i_of: np.ndarray, within: np.ndarray, answered: list[tuple[str, int, int]]) -> None:
         kept = [(s, n) for _, s, n in answered]
         # the logged rows start the batch, one after the other: they can be kept as bytes
         prefix.append(bool(kept) and kept[0][0] == 0 and all(
@@ -515,14 +516,8 @@ def test_numeric_batches_kept_as_bytes_come_back_whole(
         raw = np.stack([i_of / 10, within / 10], axis=1)  # outputs: views of one matrix
         feed = {"numeric": np.vstack([i_of, within, -i_of]).astype(float)}
         plog.add_batch(layout, feed, {"label": label(i_of), "proba": raw[:, 0]}, answered)
-        batch.clear()
 
-    for i, (n, logged, batch_ends) in enumerate(requests):
-        batch.append((i, n, logged))
-        if batch_ends:
-            send()
-    if batch:
-        send()
+    replay(requests, send)
     plog.flush()
     records = plog._records.get(layout)
     plog.close()

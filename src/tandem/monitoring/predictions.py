@@ -283,12 +283,7 @@ class PredictionLog:
             rid, first, rows = answered[0]
             ids, counts, together = [rid], [rows], True
         else:
-            ids = [rid for rid, _, _ in answered]
-            counts = [n for _, _, n in answered]
-            first, rows, together = answered[0][1], 0, True
-            for _, start, n in answered:
-                together = together and start == first + rows
-                rows += n
+            ids, counts, first, rows, together = _extent(answered)
         if not rows:
             return
         if records is not None:
@@ -308,12 +303,7 @@ class PredictionLog:
             ]  # fmt: skip
             if not answered:
                 return
-            ids = [rid for rid, _, _ in answered]
-            counts = [n for _, _, n in answered]
-            first, rows, together = answered[0][1], 0, True
-            for _, start, n in answered:
-                together = together and start == first + rows
-                rows += n
+            ids, counts, first, rows, together = _extent(answered)
         if not together:
             index = np.concatenate([np.arange(s, s + n) for _, s, n in answered])
             feed = {k: v[..., index] for k, v in feed.items()}
@@ -521,6 +511,20 @@ class PredictionLog:
             self._files.write(temp, part)
             os.replace(temp, target)
             self.written_rows += part.num_rows
+
+
+def _extent(
+    answered: Sequence[tuple[str, int, int]],
+) -> tuple[list[str], list[int], int, int, bool]:
+    """Of a batch's logged requests: their ids, their rows, the first row, how many rows, and
+    whether those rows are next to each other."""
+    ids = [rid for rid, _, _ in answered]
+    counts = [n for _, _, n in answered]
+    first, rows, together = answered[0][1], 0, True
+    for _, start, n in answered:
+        together = together and start == first + rows
+        rows += n
+    return ids, counts, first, rows, together
 
 
 def _rows_of(
