@@ -523,7 +523,7 @@ def test_numeric_batches_kept_as_bytes_come_back_whole(
     plog.close()
     expected = {f"r{i}": n for i, (n, logged, _) in enumerate(requests) if logged}
     if any(prefix):
-        assert records is not None and records.by_rows  # numbers, fixed-width text: as bytes
+        assert records is not None  # numbers, fixed-width text: as bytes
     got = read_log("m", settings=home).to_pylist() if expected else []
     assert len(got) == sum(expected.values())
     for row in got:
@@ -534,7 +534,7 @@ def test_numeric_batches_kept_as_bytes_come_back_whole(
 
 
 def test_batches_kept_as_bytes_across_several_buffers(tmp_path: Path) -> None:
-    """Enough 32-row batches to fill several of the log's byte buffers (about 1 MB each)
+    """Enough 32-row batches to fill several of the log's byte buffers (64 KiB each)
     come back whole and in order, however many buffers they took; and so do the next
     ones, written over the same buffers once the writer has read them."""
     from tandem.monitoring import predictions
@@ -565,3 +565,45 @@ def test_batches_kept_as_bytes_across_several_buffers(tmp_path: Path) -> None:
     np.testing.assert_array_equal(x5, 5 * 32 + j + b_of * 10_000)
     np.testing.assert_array_equal(np.asarray(got.column("__label")), b_of)
     np.testing.assert_array_equal(np.asarray(got.column("__p")), j)
+
+
+def test_the_logs_buffers_follow_its_traffic_not_its_batch_sizes(tmp_path: Path) -> None:
+    """One-row requests batched 1 to 64 at a time make a record (and a buffer) for every
+    size; what the log holds for them is about one gather's worth of bytes, not a fixed
+    buffer per size (at 1 MB buffers, 64 sizes held 160 MB), and it comes back down once
+    the traffic does: the spare buffers are those the last period used."""
+    from tandem.monitoring import predictions
+
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 1, tuple(f"x{k}" for k in range(32)), (), ("label", "p"))
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+
+    def held() -> tuple[int, int]:
+        """Bytes in the log's record buffers (the records' and the spares), and spares."""
+        chunks = [*plog._spare]
+        records = plog._records.get(layout)
+        if records is not None:
+            chunks += [c for r in records.by_rows.values() for c in r.chunks]
+        return sum(len(c.getbuffer()) for c in chunks), len(plog._spare)
+
+    def batch(rows: int, b: int) -> None:
+        feed = {"numeric": np.full((32, rows), float(b))}
+        outputs = {"label": np.arange(rows, dtype=np.int64), "p": np.linspace(0, 1, rows)}
+        plog.add_batch(layout, feed, outputs, [(f"r{b}-{i}", i, 1) for i in range(rows)])
+
+    for b in range(640):  # ten of every size, 1 to 64 rows
+        batch(b % 64 + 1, b)
+    plog.flush()
+    for b in range(640):  # again: the buffers read are reused
+        batch(b % 64 + 1, b)
+    plog.flush()
+    busy, spares = held()
+    traffic = 640 * 32.5 * (32 + 2) * 8  # bytes a period: 5.7 MB
+    assert busy <= 3 * traffic  # at 1 MB a buffer: 160 MB
+    for b in range(3):  # then the traffic drops to one size: the spares go with it
+        batch(1, b)
+        plog.flush()
+    quiet, spares = held()
+    assert spares <= max(predictions._SPARE_MIN, 2) and quiet < busy / 4
+    plog.close()
+    assert read_log("m", settings=home).num_rows == 2 * 10 * sum(range(1, 65)) + 3

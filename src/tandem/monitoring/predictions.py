@@ -429,22 +429,31 @@ class PredictionLog:
     def _gather(self) -> None:
         """Copy what waits into the column buffers, so the batches' arrays can go. Called
         holding ``_writing``."""
+        records = []
+        idle: list[io.BytesIO] = []
         with self._lock:
             pending, self._pending = self._pending, {}
-            records = [
-                (layout, r.swap(self._chunk()))
-                for layout, rs in self._records.items()
-                if rs is not None
-                for r in rs.by_rows.values()
-                if r.ids
-            ]
+            for layout, rs in self._records.items():
+                if rs is None:
+                    continue
+                for rows, r in list(rs.by_rows.items()):
+                    if r.ids:
+                        records.append((layout, r.swap(self._chunk())))
+                    else:  # no batch this size since the last gather: its buffer goes back
+                        del rs.by_rows[rows]
+                        idle += r.chunks
         for p in pending.values():
             self._gathered_of(p.layout).take(p)
         spare = []
         for layout, taken in records:
             spare += self._gathered_of(layout).take_records(*taken)
-        with self._lock:  # their memory is faulted in: reused, never given back for new
-            self._spare += spare[: max(_SPARE - len(self._spare), 0)]
+        with self._lock:
+            # their memory is faulted in: reused, never given back for new. As many are kept
+            # as the records took since the last gather (what the next period will take),
+            # so the log holds about one period's worth of bytes, however many sizes of
+            # batch the traffic makes, and less once the traffic drops
+            self._spare += spare + idle
+            del self._spare[max(len(spare), _SPARE_MIN) :]
 
     def _gathered_of(self, layout: Layout) -> _Gathered:
         g = self._gathered.get(layout)
@@ -624,12 +633,15 @@ GATHER_S = 1.0
 
 
 _UNSEEN: Any = object()
-#: a record's bytes go in buffers of about this size: a buffer that grew to a second's worth
-#: (tens of MB) was given back to the system at each gather and faulted in again, page by
-#: page, by the serving thread (+3 µs a 32-row request); buffers this size are reused
-_CHUNK = 1 << 20
-#: spare record buffers kept at most (a second's worth at 64 MB/s of log)
-_SPARE = 64
+#: a record's bytes go in buffers of about this size (a batch larger than what is left of
+#: one grows it, and it is reused at that size). Why buffers, reused: a buffer that grew to
+#: a second's worth (tens of MB) was given back to the system at each gather and faulted in
+#: again, page by page, by the serving thread (+3 µs a 32-row request). Why this small: each
+#: size of batch has a record, so a buffer each; at 1 MB, the 60-odd sizes that one-row
+#: requests at 64 connections make held 160 MB (twice over: the records' and the spares)
+_CHUNK = 64 << 10
+#: spare record buffers kept at least (at most: as many as the last period used)
+_SPARE_MIN = 8
 
 
 @dataclass(eq=False)
@@ -706,7 +718,7 @@ class _Record:
     #: per array, in the record's order: (from the feed, not the outputs; its key; whether
     #: it is one block already, else it is copied out first)
     plan: tuple[tuple[bool, str, bool], ...]
-    #: the batches' bytes, in buffers of about :data:`_CHUNK` bytes (whole batches each,
+    #: the batches' bytes, in buffers of at least :data:`_CHUNK` bytes (whole batches each,
     #: up to each one's position)
     chunks: list[io.BytesIO] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
