@@ -12,7 +12,9 @@ so whatever slows the core slows both. Per round, the pair's ratios: requests an
 on a core of its own, a saturated server's throughput is its inverse, so this is the
 capacity ratio), and how much of it the serving (main) thread spent, the rest being other
 threads' (the log's writer, and the batcher's worker where batches run off the event loop,
-as 32-row ones do at 64 connections). Each pair starts fresh servers;
+as 32-row ones do at 64 connections), and each server's resident memory after its rounds
+(what the log holds: its buffers, and pyarrow's import of pandas). Each pair starts fresh
+servers;
 an **A/A pair** (the log off in both) shows what the method cannot resolve, process to
 process.
 
@@ -150,6 +152,7 @@ def measure(
             try:
                 pair.load(lua[rows], model, c, 2)  # warm-up
                 runs = [pair.load(lua[rows], model, c, seconds) for _ in range(rounds)]
+                rss = [s.rss()["main"] / 2**20 for s in pair.servers]  # MB, after the load
             finally:
                 pair.stop()
             rps = [r[1]["requests"] / r[0]["requests"] for r in runs]
@@ -165,6 +168,8 @@ def measure(
                 # of which the serving (main) thread's; the rest, other threads (the writer)
                 "main_us_per_request_off": median([r[0]["main_us_per_request"] for r in runs]),
                 "main_us_per_request_on": median([r[1]["main_us_per_request"] for r in runs]),
+                "rss_mb_off": rss[0],
+                "rss_mb_on": rss[1],
                 "runs": runs,
             }
         cells.append(cell)
@@ -185,12 +190,14 @@ def report(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         other = (on["cpu_us_per_request_on"] - on["main_us_per_request_on"]) - (
             on["cpu_us_per_request_off"] - on["main_us_per_request_off"]
         )
-        row += [f"{main:+.1f}", f"{other:+.1f}"]
+        row += [f"{main:+.1f}", f"{other:+.1f}", f"{on['rss_mb_off']:.0f} → {on['rss_mb_on']:.0f}"]
         rows.append(row)
     headers = ["model", "rows", "c"]
     for name, _ in PAIRS:
         headers += [f"{name}: req/s ×off", "CPU off/on"]
-    headers += ["log 1: CPU µs/req off → on", "of it: serving thread", "other threads"]
+    headers += [
+        "log 1: CPU µs/req off → on", "of it: serving thread", "other threads", "RSS MB off → on"
+    ]  # fmt: skip
     print("\nPairs sharing one core, loaded at the same time (medians of rounds)\n")
     print(text_table(headers, rows))
     aa = [c["pairs"]["A/A"]["cpu_ratio"] for c in cells]
