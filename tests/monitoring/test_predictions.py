@@ -607,3 +607,32 @@ def test_the_logs_buffers_follow_its_traffic_not_its_batch_sizes(tmp_path: Path)
     assert spares <= max(predictions._SPARE_MIN, 2) and quiet < busy / 4
     plog.close()
     assert read_log("m", settings=home).num_rows == 2 * 10 * sum(range(1, 65)) + 3
+
+
+def test_a_batch_larger_than_a_buffer_finds_room_made_for_it(tmp_path: Path) -> None:
+    """A batch of more bytes than the log's buffers are made of goes to a buffer made (or
+    grown) to hold it before it came, never one that must grow while the serving thread
+    appends to it; and the batches come back whole."""
+    from tandem.monitoring import predictions
+
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 1, tuple(f"x{k}" for k in range(32)), (), ("label", "p"))
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+    rows = 2 * predictions._CHUNK // (34 * 8) + 1  # a batch: a bit over two buffers' worth
+    for b in range(6):
+        feed = {"numeric": np.full((32, rows), float(b))}
+        outputs = {"label": np.full(rows, b, dtype=np.int64), "p": np.linspace(0, 1, rows)}
+        plog.add_batch(layout, feed, outputs, [(f"r{b}", 0, rows)])
+        records = plog._records[layout]
+        assert records is not None
+        record = records.by_rows[rows]
+        nxt = record.chunks[-1]  # where the next batch goes
+        with nxt.getbuffer() as view:
+            assert len(view) - nxt.tell() >= record.size
+        if b == 2:
+            plog.flush()  # the buffers read come back as spares, and are used again
+    plog.close()
+    got = read_log("m", settings=home)
+    assert got.num_rows == 6 * rows
+    np.testing.assert_array_equal(np.asarray(got.column("__label")), np.repeat(np.arange(6), rows))
+    np.testing.assert_array_equal(np.asarray(got.column("x7")), np.repeat(np.arange(6.0), rows))

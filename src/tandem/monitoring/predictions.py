@@ -339,7 +339,7 @@ class PredictionLog:
             record = records.by_rows.get(rows)
             if record is None:
                 record = records.by_rows[rows] = records.record(rows, feed, outputs)
-                record.chunks.append(self._chunk())
+                self._next_chunk(record)
             chunk = record.chunks[-1]
             start = chunk.tell()
             write = chunk.write
@@ -359,8 +359,8 @@ class PredictionLog:
             if not kept:
                 chunk.seek(start)  # what it wrote is written over
                 return False
-            if chunk.tell() >= _CHUNK:
-                record.chunks.append(self._chunk())
+            if chunk.tell() + record.size > record.room:  # the next batch would not fit
+                self._next_chunk(record)
             record.ids += ids
             record.counts += counts
             record.times += [now] * len(ids)
@@ -368,15 +368,22 @@ class PredictionLog:
         self._wake_if_full()
         return True
 
-    def _chunk(self) -> io.BytesIO:
-        """A bytes buffer for records, at its start: a spare one (see :meth:`_gather`) or a
-        new one, its memory taken now. Called under the lock."""
-        if self._spare:
-            return self._spare.pop()
-        chunk = io.BytesIO()
-        chunk.write(bytes(_CHUNK + _CHUNK // 4))  # room for a batch past the mark
+    def _next_chunk(self, record: _Record) -> None:
+        """Give ``record`` a bytes buffer for its next batches, at its start, with room for
+        at least one of them: a spare one (see :meth:`_gather`), grown if it is smaller, or
+        a new one, its memory taken now, so that appending a batch never grows a buffer
+        (a copy and fresh pages, on the serving thread). Called under the lock."""
+        least = max(_CHUNK, record.size)
+        chunk = self._spare.pop() if self._spare else io.BytesIO()
+        with chunk.getbuffer() as view:
+            room = view.nbytes
+        if room < least:
+            chunk.seek(0)
+            chunk.write(bytes(least))
+            room = least
         chunk.seek(0)
-        return chunk
+        record.chunks.append(chunk)
+        record.room = room
 
     def add_table(self, layout: Layout, table: pa.Table) -> None:
         """Rows already laid out as a log table (see :func:`batch_rows`)."""
@@ -438,7 +445,8 @@ class PredictionLog:
                     continue
                 for rows, r in list(rs.by_rows.items()):
                     if r.ids:
-                        records.append((layout, r.swap(self._chunk())))
+                        records.append((layout, r.swap()))
+                        self._next_chunk(r)
                     else:  # no batch this size since the last gather: its buffer goes back
                         del rs.by_rows[rows]
                         idle += r.chunks
@@ -633,12 +641,13 @@ GATHER_S = 1.0
 
 
 _UNSEEN: Any = object()
-#: a record's bytes go in buffers of about this size (a batch larger than what is left of
-#: one grows it, and it is reused at that size). Why buffers, reused: a buffer that grew to
-#: a second's worth (tens of MB) was given back to the system at each gather and faulted in
-#: again, page by page, by the serving thread (+3 µs a 32-row request). Why this small: each
-#: size of batch has a record, so a buffer each; at 1 MB, the 60-odd sizes that one-row
-#: requests at 64 connections make held 160 MB (twice over: the records' and the spares)
+#: a record's bytes go in buffers of at least this size, and of at least one batch (a
+#: spare one smaller than that is grown once, and then reused at that size). Why buffers,
+#: reused: a buffer that grew to a second's worth (tens of MB) was given back to the system
+#: at each gather and faulted in again, page by page, by the serving thread (+3 µs a 32-row
+#: request). Why this small: each size of batch has a record, so a buffer each; at 1 MB,
+#: the 60-odd sizes that one-row requests at 64 connections make held 160 MB (twice over:
+#: the records' and the spares)
 _CHUNK = 64 << 10
 #: spare record buffers kept at least (at most: as many as the last period used)
 _SPARE_MIN = 8
@@ -721,17 +730,17 @@ class _Record:
     #: the batches' bytes, in buffers of at least :data:`_CHUNK` bytes (whole batches each,
     #: up to each one's position)
     chunks: list[io.BytesIO] = field(default_factory=list)
+    #: the bytes the last of them holds in all (its batches start at 0, at a whole batch)
+    room: int = 0
     ids: list[str] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
 
-    def swap(
-        self, chunk: io.BytesIO
-    ) -> tuple[_Record, list[io.BytesIO], list[str], list[int], list[float]]:
-        """What waits, handed over; ``chunk`` takes the next batches. Called under the
+    def swap(self) -> tuple[_Record, list[io.BytesIO], list[str], list[int], list[float]]:
+        """What waits, handed over (the record then needs a buffer). Called under the
         log's lock."""
         taken = self, self.chunks, self.ids, self.counts, self.times
-        self.chunks, self.ids, self.counts, self.times = [chunk], [], [], []
+        self.chunks, self.ids, self.counts, self.times = [], [], [], []
         return taken
 
 
