@@ -636,3 +636,34 @@ def test_a_batch_larger_than_a_buffer_finds_room_made_for_it(tmp_path: Path) -> 
     assert got.num_rows == 6 * rows
     np.testing.assert_array_equal(np.asarray(got.column("__label")), np.repeat(np.arange(6), rows))
     np.testing.assert_array_equal(np.asarray(got.column("x7")), np.repeat(np.arange(6.0), rows))
+
+
+def test_steady_traffic_fills_few_large_buffers_and_no_larger_than_the_cap(
+    tmp_path: Path,
+) -> None:
+    """Batches of one size, many between gathers, go to buffers that double (up to
+    _CHUNK_MAX), not to one buffer a batch (each costs the serving thread a switch and the
+    writer a read of every column); and every row comes back."""
+    from tandem.monitoring import predictions
+
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 1, tuple(f"x{k}" for k in range(32)), (), ("label", "p"))
+    plog = PredictionLog("serve", LogOptions(flush_s=60, flush_rows=10**7), settings=home)
+    rows = 128  # 34.8 kB a batch: one a 64 KiB buffer
+    batches = 500
+    for b in range(batches):
+        feed = {"numeric": np.full((32, rows), float(b))}
+        outputs = {"label": np.full(rows, b, dtype=np.int64), "p": np.linspace(0, 1, rows)}
+        plog.add_batch(layout, feed, outputs, [(f"r{b}", 0, rows)])
+    records = plog._records[layout]
+    assert records is not None
+    chunks = records.by_rows[rows].chunks
+    sizes = [len(c.getbuffer()) for c in chunks]
+    assert len(chunks) <= 16, sizes  # one a batch: 500
+    assert max(sizes) <= predictions._CHUNK_MAX
+    plog.close()
+    got = read_log("m", settings=home)
+    assert got.num_rows == batches * rows
+    np.testing.assert_array_equal(
+        np.asarray(got.column("x5")), np.repeat(np.arange(float(batches)), rows)
+    )
