@@ -14,17 +14,20 @@ capacity ratio), and how much of it the serving (main) thread spent, the rest be
 threads' (the log's writer, and the batcher's worker where batches run off the event loop,
 as 32-row ones do at 64 connections), and each server's resident memory after its rounds
 (what the log holds: its buffers, and pyarrow's import of pandas). Each pair starts fresh
-servers;
-an **A/A pair** (the log off in both) shows what the method cannot resolve, process to
-process.
+servers, and each cell and kind runs two pairs (``--pairs``): a process keeps its own state
+(the batcher's choice of running batches inline or on its worker, its memory's layout) for
+all its rounds, and one pair once read CPU 0.925 for sampling 0.1 at W1/32/8 in all four of
+its rounds, where the run before read 0.980 and the two versions of the log, head to head
+for 12 rounds, 1.002. An **A/A pair** (the log off in both) shows what the method cannot
+resolve, process to process.
 
 Pairs per cell: off/off (A/A), off/sample 1 (ours, the default), off/sample 0.1. Models and
 bodies as bench_predlog: W1 and the 200-tree LightGBM model, one OIP body of 1 or 32 rows,
 closed loop at 8 or 64 connections.
 
-    PYTHONPATH=src python benchmarks/bench_predlog_paired.py [--rounds 4] [--seconds 4]
+    PYTHONPATH=src python benchmarks/bench_predlog_paired.py [--pairs 2] [--rounds 3] [--seconds 4]
 
-(~7 min by default.) Needs wrk and taskset and 2 cores. Results also go to
+(~11 min by default.) Needs wrk and taskset and 2 cores. Results also go to
 ``benchmarks/out/bench_predlog_paired.json``.
 """
 
@@ -141,20 +144,26 @@ class Pair:
 
 
 def measure(
-    trained: Path, tmp: Path, lua: dict[int, Path], rounds: int, seconds: int
+    trained: Path, tmp: Path, lua: dict[int, Path], pairs: int, rounds: int, seconds: int
 ) -> list[dict[str, Any]]:
     cells = []
     for n, (model, rows, c) in enumerate(CELLS):
         print(f"cell {n + 1}/{len(CELLS)}: {model}, {rows} row(s), c={c}", flush=True)
         cell: dict[str, Any] = {"model": model, "rows": rows, "concurrency": c, "pairs": {}}
         for name, sample in PAIRS:
-            pair = Pair(trained, tmp, ("0", sample))
-            try:
-                pair.load(lua[rows], model, c, 2)  # warm-up
-                runs = [pair.load(lua[rows], model, c, seconds) for _ in range(rounds)]
-                rss = [s.rss()["main"] / 2**20 for s in pair.servers]  # MB, after the load
-            finally:
-                pair.stop()
+            runs, rss = [], [0.0, 0.0]
+            for _ in range(pairs):  # fresh processes: a pair's own state lasts its rounds
+                pair = Pair(trained, tmp, ("0", sample))
+                try:
+                    pair.load(lua[rows], model, c, 2)  # warm-up
+                    runs += [pair.load(lua[rows], model, c, seconds) for _ in range(rounds)]
+                    # MB after the load, the largest of the pairs
+                    rss = [
+                        max(m, s.rss()["main"] / 2**20)
+                        for m, s in zip(rss, pair.servers, strict=True)
+                    ]
+                finally:
+                    pair.stop()
             rps = [r[1]["requests"] / r[0]["requests"] for r in runs]
             cpu = [r[0]["cpu_us_per_request"] / r[1]["cpu_us_per_request"] for r in runs]
             cell["pairs"][name] = {
@@ -223,7 +232,8 @@ def report(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=2, help="fresh pairs a cell and kind")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds a pair")
     parser.add_argument("--seconds", type=int, default=4)
     args = parser.parse_args(argv)
     if load_test_unavailable():
@@ -233,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
 
     table, rows_eval = make_data(4000)
     results: dict[str, Any] = {"script": SCRIPT, "goal_ratio": GOAL_RATIO}
-    results["settings"] = {"rounds": args.rounds, "seconds": args.seconds, "pairs": PAIRS}
+    results["settings"] = {
+        "pairs_a_cell": args.pairs,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "pairs": PAIRS,
+    }
     with tempfile.TemporaryDirectory(prefix="tandem-bench-paired-") as tmp_name:
         tmp = Path(tmp_name)
         trained = tmp / "trained"
@@ -245,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = sorted({rows for _, rows, _ in CELLS})
         bodies = {n: oip_body(np.ascontiguousarray(rows_eval[:n])) for n in rows}
         lua = wrk_scripts(tmp, bodies)
-        results["cells"] = measure(trained, tmp, lua, args.rounds, args.seconds)
+        results["cells"] = measure(trained, tmp, lua, args.pairs, args.rounds, args.seconds)
     results["goals"] = report(results["cells"])
     save_results(SCRIPT, results, started)
     return 0
