@@ -4,6 +4,7 @@ come back from the Parquet files exactly as the model saw and answered them."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -667,3 +668,40 @@ def test_steady_traffic_fills_few_large_buffers_and_no_larger_than_the_cap(
     np.testing.assert_array_equal(
         np.asarray(got.column("x5")), np.repeat(np.arange(float(batches)), rows)
     )
+
+
+def test_rows_that_come_while_a_full_log_writes_wait_for_the_next_write(tmp_path: Path) -> None:
+    """Traffic during a write (the rows being written still count as waiting) must not make
+    the writer write again at once, a file of the few rows that came meanwhile: they wait
+    until enough do, or the flush interval passes."""
+    from tandem.monitoring.predictions import GATHER_S, HOT_SUFFIX
+
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 1, ("x",), (), ("label",))
+    plog = PredictionLog("serve", LogOptions(flush_s=60, flush_rows=1000), settings=home)
+    plog.started.wait(30)
+
+    def batch(rows: int, tag: str) -> None:
+        feed = {"numeric": np.ones((1, rows))}
+        outputs = {"label": np.zeros(rows, dtype=np.int64)}
+        plog.add_batch(layout, feed, outputs, [(tag, 0, rows)])
+
+    write = plog._files.write
+    during = []
+
+    def write_under_traffic(path: Path, table: pa.Table) -> None:
+        if not during:  # the first write: a request answered while it runs
+            during.append(path)
+            batch(3, "during")
+        write(path, table)
+
+    plog._files.write = write_under_traffic  # type: ignore[method-assign]
+    batch(1000, "full")  # wakes the writer: the log is full
+    deadline = time.monotonic() + 10
+    while not during and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(2.5 * GATHER_S)  # the writer's next wakes: gathers, not writes
+    files = list(log_folder("m", home).glob(f"*/*{HOT_SUFFIX}"))
+    assert len(files) == 1, [f.name for f in files]
+    plog.close()  # then the three rows are written
+    assert read_log("m", settings=home).num_rows == 1003
