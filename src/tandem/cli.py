@@ -632,6 +632,17 @@ def serve(
         float,
         typer.Option(help="Share of requests kept in the prediction log for monitoring (0: off)."),
     ] = 1.0,
+    log_flush_s: Annotated[
+        float,
+        typer.Option(help="Seconds a logged row waits in memory at most before it is written."),
+    ] = 10.0,
+    log_flush_rows: Annotated[
+        int,
+        typer.Option(
+            help="Write the log sooner once this many rows wait (the log's memory: about "
+            "twice this many rows)."
+        ),
+    ] = 100_000,
 ) -> None:
     """Serve models over HTTP: Open Inference Protocol v2 and MLflow /invocations."""
     import logging
@@ -651,7 +662,11 @@ def serve(
         host=host, port=port, api_key=api_key, threads=threads, poll_s=poll_s,
         max_body=int(max_body_mb * 2**20), ledger_interval_s=ledger_interval,
         batching=BatcherConfig(timeout_s=timeout_ms / 1e3, max_batch=max_batch),
-        log=LogOptions(sample=log_sample),
+        log=LogOptions(
+            sample=log_sample, flush_s=log_flush_s, flush_rows=log_flush_rows,
+            # a backlog of rows before new ones are dropped: at least twenty writes' worth
+            max_queued_rows=max(LogOptions.max_queued_rows, 20 * log_flush_rows),
+        ),
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 

@@ -183,7 +183,9 @@ def test_time_window_and_days(tmp_path: Path) -> None:
 def test_bounded_memory_drops_and_counts(tmp_path: Path) -> None:
     home = Settings(home=tmp_path)
     layout = Layout("m", 1, ("a",), (), ("prediction",))
-    plog = PredictionLog("serve", LogOptions(flush_s=60, max_queued_rows=10), settings=home)
+    plog = PredictionLog(
+        "serve", LogOptions(flush_s=60, flush_rows=10, max_queued_rows=10), settings=home
+    )
     for k in range(4):  # 4 rows each: the third and fourth requests do not fit
         plog.add(layout, f"r{k}", {"numeric": np.zeros((1, 4))}, {"prediction": np.zeros(4)}, 4)
     assert plog.dropped_rows == 8
@@ -255,6 +257,13 @@ def test_request_rows_keep_their_order(
 def test_bad_options_and_reserved_names() -> None:
     with pytest.raises(ConfigError, match="between 0 .off. and 1"):
         LogOptions(sample=1.5)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="--log-flush-s"):
+            LogOptions(flush_s=bad)
+    with pytest.raises(ConfigError, match="--log-flush-rows"):
+        LogOptions(flush_rows=0)
+    with pytest.raises(ConfigError, match="dropped before a write is due"):
+        LogOptions(flush_rows=100, max_queued_rows=99)
     from tandem.data.schema import ColumnSpec
 
     with pytest.raises(ConfigError, match="__time"):
@@ -649,7 +658,9 @@ def test_steady_traffic_fills_few_large_buffers_and_no_larger_than_the_cap(
 
     home = Settings(home=tmp_path)
     layout = Layout("m", 1, tuple(f"x{k}" for k in range(32)), (), ("label", "p"))
-    plog = PredictionLog("serve", LogOptions(flush_s=60, flush_rows=10**7), settings=home)
+    plog = PredictionLog(
+        "serve", LogOptions(flush_s=60, flush_rows=10**7, max_queued_rows=10**7), settings=home
+    )
     rows = 128  # 34.8 kB a batch: one a 64 KiB buffer
     batches = 500
     for b in range(batches):

@@ -59,6 +59,9 @@ def test_serve_starts_on_localhost_answers_and_stops_cleanly_on_sigterm(models_h
             ["mixed", "--api-key-env", "TANDEM_TEST_UNSET_KEY"],
             "TANDEM_TEST_UNSET_KEY, which is not set",
         ),
+        (["mixed", "--log-sample", "2"], "between 0 (off) and 1"),
+        (["mixed", "--log-flush-s", "0"], "--log-flush-s"),
+        (["mixed", "--log-flush-rows", "0"], "--log-flush-rows"),
     ],
 )
 def test_bad_usage_exits_2_with_a_message(models_home: Path, args: list[str], message: str) -> None:
@@ -176,3 +179,36 @@ def test_workers_do_not_outlive_a_killed_supervisor(models_home: Path) -> None:
         assert left == [], "workers kept serving after their supervisor died"
     finally:
         stop(proc)
+
+
+@pytest.mark.slow
+def test_the_log_is_written_once_flush_rows_wait_not_only_each_interval(
+    models_home: Path,
+) -> None:
+    """``--log-flush-rows`` bounds what the log holds: with an hour's interval, the rows are
+    on disk as soon as that many wait, while the server runs."""
+    from tandem import Settings
+    from tandem.monitoring.predictions import HOT_SUFFIX, log_folder
+
+    port = free_port()
+    proc = start(
+        models_home, "num", "--port", str(port), "--log-flush-s", "3600",
+        "--log-flush-rows", "12",
+    )  # fmt: skip
+    try:
+        assert wait_until_ready(port, proc), proc.stderr.read() if proc.stderr else ""
+        row = {f"f{k}": 0.5 for k in range(6)}
+        body = json.dumps({"dataframe_records": [row] * 4}).encode()
+        folder = log_folder("num", Settings(home=models_home))
+        for _ in range(3):  # 12 rows
+            status, data, _ = http_call(
+                port, "POST", "/invocations", body, {"content-type": "application/json"}
+            )
+            assert status == 200, data
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not list(folder.glob(f"*/*{HOT_SUFFIX}")):
+            time.sleep(0.1)
+        assert list(folder.glob(f"*/*{HOT_SUFFIX}")), "no log file while the server runs"
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err

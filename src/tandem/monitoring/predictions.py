@@ -124,10 +124,20 @@ class LogOptions:
             raise ConfigError(
                 f"the log sample must be a share between 0 (off) and 1 (every request); got {self.sample}"
             )
-        if not self.flush_s > 0 or self.flush_rows < 1 or self.max_queued_rows < 1:
+        if not self.flush_s > 0:  # also NaN
             raise ConfigError(
-                "flush_s must be > 0 and flush_rows, max_queued_rows >= 1; got "
-                f"{self.flush_s}, {self.flush_rows}, {self.max_queued_rows}"
+                f"the log's flush interval (--log-flush-s, flush_s) must be more than 0 "
+                f"seconds; got {self.flush_s}"
+            )
+        if self.flush_rows < 1:
+            raise ConfigError(
+                f"the log's flush size (--log-flush-rows, flush_rows) must be at least 1 row; "
+                f"got {self.flush_rows}"
+            )
+        if self.max_queued_rows < self.flush_rows:
+            raise ConfigError(
+                f"max_queued_rows ({self.max_queued_rows}) is below flush_rows "
+                f"({self.flush_rows}): rows would be dropped before a write is due; raise it"
             )
 
 
