@@ -662,11 +662,7 @@ def serve(
         host=host, port=port, api_key=api_key, threads=threads, poll_s=poll_s,
         max_body=int(max_body_mb * 2**20), ledger_interval_s=ledger_interval,
         batching=BatcherConfig(timeout_s=timeout_ms / 1e3, max_batch=max_batch),
-        log=LogOptions(
-            sample=log_sample, flush_s=log_flush_s, flush_rows=log_flush_rows,
-            # a backlog of rows before new ones are dropped: at least twenty writes' worth
-            max_queued_rows=max(LogOptions.max_queued_rows, 20 * log_flush_rows),
-        ),
+        log=LogOptions(sample=log_sample, flush_s=log_flush_s, flush_rows=log_flush_rows),
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 

@@ -111,15 +111,18 @@ class LogOptions:
         sample: the share of requests (rows, in batch jobs) logged, 0 to 1; 0 turns it off.
         flush_s: the longest a row waits in memory before it is written.
         flush_rows: write sooner once this many rows wait.
-        max_queued_rows: rows waiting beyond this are dropped (and counted).
+        max_queued_rows: rows waiting beyond this are dropped (and counted); 0 (the
+            default): twenty writes' worth (``flush_rows``), and at least 2,000,000.
     """
 
     sample: float = 1.0
     flush_s: float = 10.0
     flush_rows: int = 100_000
-    max_queued_rows: int = 2_000_000
+    max_queued_rows: int = 0
 
     def __post_init__(self) -> None:
+        if self.max_queued_rows == 0:
+            object.__setattr__(self, "max_queued_rows", max(2_000_000, 20 * self.flush_rows))
         if not 0 <= self.sample <= 1:
             raise ConfigError(
                 f"the log sample must be a share between 0 (off) and 1 (every request); got {self.sample}"
@@ -395,10 +398,10 @@ class PredictionLog:
             if room >= least:
                 chunk = spare.pop(i)
                 break
-        if chunk is None:
+        if chunk is None:  # grown in place: writing past its end zero-fills (faults in) the gap
             chunk = spare.pop() if spare else io.BytesIO()
-            chunk.seek(0)
-            chunk.write(bytes(least))
+            chunk.seek(least - 1)
+            chunk.write(b"\0")
             room = least
         chunk.seek(0)
         record.chunks.append(chunk)
