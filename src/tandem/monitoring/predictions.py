@@ -488,7 +488,7 @@ class PredictionLog:
     def _gathered_of(self, layout: Layout) -> _Gathered:
         g = self._gathered.get(layout)
         if g is None:
-            g = self._gathered[layout] = _Gathered(layout)
+            g = self._gathered[layout] = _Gathered(layout, expect=self.options.flush_rows)
         return g
 
     def close(self) -> None:
@@ -648,9 +648,12 @@ class HotFiles:
             os.close(fd)
 
     def _room(self, size: int) -> mmap.mmap:
-        """The page-aligned buffer, grown to ``size`` bytes (doubling)."""
+        """The page-aligned buffer, grown to ``size`` bytes (doubling), a quarter more than
+        the first file: a server's writes are about the same size, and one a few rows larger
+        than the first must not take a new buffer (fresh pages: measured 40 ms of CPU for
+        27 MB, at every server's second or third write)."""
         if self._buffer is None or len(self._buffer) < size:
-            old = 2 * len(self._buffer) if self._buffer is not None else 0
+            old = 2 * len(self._buffer) if self._buffer is not None else size + size // 4
             self._buffer = mmap.mmap(-1, max(size, old, 1 << 20))
         return self._buffer
 
@@ -784,6 +787,9 @@ class _Gathered(_Rows):
     #: buffer key (the feed's inputs, statistics, outputs) -> buffer, rows last
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     filled: int = 0
+    #: the rows a write is expected to hold (``flush_rows``): a buffer's first size, with
+    #: room to spare (see :meth:`_room`)
+    expect: int = 0
 
     def take(self, p: _Pending) -> None:
         """Copy ``p``'s rows in: one concatenation per column, straight into the buffers."""
@@ -846,14 +852,21 @@ class _Gathered(_Rows):
         self.filled = end
 
     def _room(self, key: str, first: np.ndarray, end: int) -> np.ndarray:
-        """``key``'s buffer, grown (doubling) to hold ``end`` rows."""
+        """``key``'s buffer, grown (doubling) to hold ``end`` rows. Its first size is a
+        write's rows and a quarter more (a write holds the rows that came while the writer
+        woke, too): memory is only taken as rows fill it, and growing it (fresh pages, a
+        copy) is left to traffic that outruns the writer, not paid in steps from 1,024 rows
+        at every server's start (measured at 32-row requests: the first gather cost 0.12 s
+        of CPU, 25 steady ones' worth)."""
         buffer = self.columns.get(key)
         if buffer is not None and buffer.shape[-1] >= end and buffer.shape[:-1] == first.shape[:-1]:
             return buffer
         dtype = buffer.dtype if buffer is not None else first.dtype
         if dtype.kind in "USO":  # text of any width: a fixed width would cut a longer label
             dtype = np.dtype(object)
-        capacity = max(end, 2 * (buffer.shape[-1] if buffer is not None else 0), 1024)
+        # not text: an object array's every slot is written (None) as it is made
+        first_size = 0 if dtype.kind == "O" else min(self.expect, _EXPECT_MAX) * 5 // 4
+        capacity = max(end, 2 * (buffer.shape[-1] if buffer is not None else 0), first_size, 1024)
         grown = np.empty((*first.shape[:-1], capacity), dtype)
         if buffer is not None and self.filled:
             grown[..., : self.filled] = buffer[..., : self.filled]
@@ -915,6 +928,8 @@ class _Gathered(_Rows):
         return self
 
 
+#: the most rows a column buffer is first made for (a larger ``flush_rows`` grows it)
+_EXPECT_MAX = 1 << 20
 #: the buffer key of an input statistic (an image or text model's), before its column name
 _STATISTIC = "stat:"
 
