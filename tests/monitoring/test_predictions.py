@@ -3,6 +3,7 @@ come back from the Parquet files exactly as the model saw and answered them."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import urllib.request
@@ -581,7 +582,7 @@ def test_the_logs_buffers_follow_its_traffic_not_its_batch_sizes(tmp_path: Path)
     """One-row requests batched 1 to 64 at a time make a record (and a buffer) for every
     size; what the log holds for them is about one gather's worth of bytes, not a fixed
     buffer per size (at 1 MB buffers, 64 sizes held 160 MB), and it comes back down once
-    the traffic does: the spare buffers are those the last period used."""
+    the traffic does: the spare buffers are those the last few periods used."""
     from tandem.monitoring import predictions
 
     home = Settings(home=tmp_path)
@@ -590,11 +591,12 @@ def test_the_logs_buffers_follow_its_traffic_not_its_batch_sizes(tmp_path: Path)
 
     def held() -> tuple[int, int]:
         """Bytes in the log's record buffers (the records' and the spares), and spares."""
-        chunks = [*plog._spare]
+        chunks = [c for pool in plog._spare.values() for c in pool]
         records = plog._records.get(layout)
         if records is not None:
             chunks += [c for r in records.by_rows.values() for c in r.chunks]
-        return sum(len(c.getbuffer()) for c in chunks), len(plog._spare)
+        spares = sum(map(len, plog._spare.values()))
+        return sum(len(c.getbuffer()) for c in chunks), spares
 
     def batch(rows: int, b: int) -> None:
         feed = {"numeric": np.full((32, rows), float(b))}
@@ -610,13 +612,14 @@ def test_the_logs_buffers_follow_its_traffic_not_its_batch_sizes(tmp_path: Path)
     busy, spares = held()
     traffic = 640 * 32.5 * (32 + 2) * 8  # bytes a period: 5.7 MB
     assert busy <= 3 * traffic  # at 1 MB a buffer: 160 MB
-    for b in range(3):  # then the traffic drops to one size: the spares go with it
+    quiet_periods = predictions._SPARE_PERIODS + 1
+    for b in range(quiet_periods):  # then the traffic drops to one size: the spares go too
         batch(1, b)
         plog.flush()
     quiet, spares = held()
-    assert spares <= max(predictions._SPARE_MIN, 2) and quiet < busy / 4
+    assert spares <= 2 and quiet < busy / 4
     plog.close()
-    assert read_log("m", settings=home).num_rows == 2 * 10 * sum(range(1, 65)) + 3
+    assert read_log("m", settings=home).num_rows == 2 * 10 * sum(range(1, 65)) + quiet_periods
 
 
 def test_a_batch_larger_than_a_buffer_finds_room_made_for_it(tmp_path: Path) -> None:
@@ -749,3 +752,49 @@ def test_steady_writes_of_about_one_size_take_no_new_buffers(tmp_path: Path) -> 
     np.testing.assert_array_equal(
         np.asarray(got.column("x3")), np.repeat(np.arange(float(served)), 32)
     )
+
+
+def test_steady_traffic_of_many_batch_sizes_makes_no_new_buffers(tmp_path: Path) -> None:
+    """32-row requests batched one to eight together make eight batch sizes, each with its
+    buffers doubling through a gather period; once the traffic is steady, every buffer the
+    serving thread appends to is one the writer read before, neither made nor grown (fresh
+    pages, faulted in on the serving thread), also across the early gathers a write calls
+    for, which read fewer; and every row comes back."""
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 1, tuple(f"x{k}" for k in range(32)), (), ("label",))
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+    plog._closing = True  # the test takes the writer's steps itself
+    plog._wake.set()
+    plog._thread.join()
+    every: list[io.BytesIO] = []  # held, so that no id is reused
+    served = 0
+
+    def period(batches: int) -> None:
+        nonlocal served
+        for b in range(batches):
+            rows = 32 * (b % 8 + 1)
+            feed = {"numeric": np.full((32, rows), float(b))}
+            outputs = {"label": np.full(rows, b, dtype=np.int64)}
+            plog.add_batch(layout, feed, outputs, [(f"r{served}", 0, rows)])
+            served += rows
+        with plog._writing:
+            plog._gather()
+
+    def buffers() -> set[tuple[int, int]]:
+        """(identity, size) of every record buffer: the records' and the spares."""
+        records = plog._records[layout]
+        assert records is not None
+        chunks = [c for r in records.by_rows.values() for c in r.chunks]
+        chunks += [c for pool in plog._spare.values() for c in pool]
+        every.extend(chunks)
+        return {(id(c), len(c.getbuffer())) for c in chunks}
+
+    for _ in range(3):
+        period(400)
+    seen = buffers()
+    for p in range(8):
+        period(400 if p % 2 else 120)  # every other gather an early one
+        assert buffers() <= seen, f"period {p}: buffers made or grown"
+    plog._closing = False
+    plog.flush()
+    assert read_log("m", settings=home).num_rows == served

@@ -57,6 +57,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -237,8 +238,10 @@ class PredictionLog:
         self._pending: dict[Layout, _Pending] = {}
         #: per layout, its one-row requests as records (None: its arrays cannot be)
         self._records: dict[Layout, _Records | None] = {}
-        #: record buffers read by the writer, for the next records
-        self._spare: list[io.BytesIO] = []
+        #: record buffers read by the writer, for the next records, by size (see _next_chunk)
+        self._spare: dict[int, list[io.BytesIO]] = {}
+        #: of the last few gathers, how many buffers of each size each read (see _gather)
+        self._read: deque[Counter[int]] = deque(maxlen=_SPARE_PERIODS)
         self._queued = 0
         self.dropped_rows = 0
         self.written_rows = 0
@@ -384,28 +387,35 @@ class PredictionLog:
     def _next_chunk(self, record: _Record) -> None:
         """Give ``record`` a bytes buffer for its next batches, at its start, with room for
         at least one of them and, when it filled one since the last gather, for twice what
-        that one held (up to :data:`_CHUNK_MAX`): a spare one (see :meth:`_gather`) with that
-        room, else one grown to it, so that appending a batch never grows a buffer (a copy
-        and fresh pages, on the serving thread). Called under the lock."""
+        that one held (up to :data:`_CHUNK_MAX`), so that appending a batch never grows a
+        buffer (a copy and fresh pages, on the serving thread). Buffers are made in sizes of
+        :data:`_CHUNK` times a power of two; a record takes the smallest spare one (see
+        :meth:`_gather`) with the room, and only when there is none is one made. Called
+        under the lock.
+
+        Why sizes, and the smallest: taking any spare with room handed a 4 MB one to a
+        record that wanted 64 KiB, and a record that wanted 4 MB then grew a small one; at
+        32-row requests eight to a batch size, that faulted in 8 MB of fresh pages a second,
+        on the serving thread (measured: 0.3-0.5 page faults a request, steady)."""
         least = max(_CHUNK, record.size)
         if record.chunks:  # steady traffic: fewer, larger buffers (each costs the writer)
             least = max(least, min(2 * record.room, _CHUNK_MAX))
-        spare = self._spare
+        size = _CHUNK
+        while size < least:
+            size <<= 1
         chunk = None
-        for i in range(len(spare) - 1, -1, -1):
-            with spare[i].getbuffer() as view:
-                room = view.nbytes
-            if room >= least:
-                chunk = spare.pop(i)
+        for have in sorted(self._spare):  # a few sizes
+            pool = self._spare[have]
+            if have >= size and pool:
+                chunk, size = pool.pop(), have
                 break
-        if chunk is None:  # grown in place: writing past its end zero-fills (faults in) the gap
-            chunk = spare.pop() if spare else io.BytesIO()
-            chunk.seek(least - 1)
+        if chunk is None:  # made: writing at its end zero-fills (faults in) the rest
+            chunk = io.BytesIO()
+            chunk.seek(size - 1)
             chunk.write(b"\0")
-            room = least
         chunk.seek(0)
         record.chunks.append(chunk)
-        record.room = room
+        record.room = size
 
     def add_table(self, layout: Layout, table: pa.Table) -> None:
         """Rows already laid out as a log table (see :func:`batch_rows`)."""
@@ -474,16 +484,22 @@ class PredictionLog:
                         idle += r.chunks
         for p in pending.values():
             self._gathered_of(p.layout).take(p)
-        spare = []
+        read = []
         for layout, taken in records:
-            spare += self._gathered_of(layout).take_records(*taken)
+            read += self._gathered_of(layout).take_records(*taken)
+        sizes = [_size(c) for c in read]
+        idle_sizes = [_size(c) for c in idle]
         with self._lock:
-            # their memory is faulted in: reused, never given back for new. As many are kept
-            # as the records took since the last gather (what the next period will take),
-            # so the log holds about one period's worth of bytes, however many sizes of
-            # batch the traffic makes, and less once the traffic drops
-            self._spare += spare + idle
-            del self._spare[max(len(spare), _SPARE_MIN) :]
+            # their memory is faulted in: reused, never given back for new. Of each size,
+            # as many are kept as a gather read at most lately (what a period takes: the
+            # most, since a gather a write calls for comes early, with fewer), so the log
+            # holds about one period's worth of bytes, however many sizes of batch the
+            # traffic makes, and less once the traffic drops
+            self._read.append(Counter(sizes))
+            for chunk, size in zip([*read, *idle], [*sizes, *idle_sizes], strict=True):
+                self._spare.setdefault(size, []).append(chunk)
+            for size, pool in self._spare.items():
+                del pool[max(c[size] for c in self._read) :]
 
     def _gathered_of(self, layout: Layout) -> _Gathered:
         g = self._gathered.get(layout)
@@ -684,8 +700,13 @@ _CHUNK = 64 << 10
 #: (measured alone, 32-row requests four to a batch, 64 KiB buffers, one a batch: 3.5 µs a
 #: request to append and 4.1 to gather; 1 MB buffers: 2.3 and 1.6)
 _CHUNK_MAX = 4 << 20
-#: spare record buffers kept at least (at most: as many as the last period used)
-_SPARE_MIN = 8
+#: the gathers whose most read buffers of a size are kept as spares of that size
+_SPARE_PERIODS = 4
+
+
+def _size(chunk: io.BytesIO) -> int:
+    with chunk.getbuffer() as view:
+        return view.nbytes
 
 
 @dataclass(eq=False)
