@@ -189,6 +189,7 @@ def test_bounded_memory_drops_and_counts(tmp_path: Path) -> None:
     )
     for k in range(4):  # 4 rows each: the third and fourth requests do not fit
         plog.add(layout, f"r{k}", {"numeric": np.zeros((1, 4))}, {"prediction": np.zeros(4)}, 4)
+    plog._take_deferred()  # as the serving thread does every few batches
     assert plog.dropped_rows == 8
     plog.close()
     assert plog.written_rows == 8 == read_log("m", settings=home).num_rows
@@ -561,6 +562,7 @@ def test_batches_kept_as_bytes_across_several_buffers(tmp_path: Path) -> None:
         plog.add_batch(layout, feed, {"label": raw[:, 0].astype(np.int64), "p": raw[:, 1]},
                        [(f"r{b}", 0, 32)])  # fmt: skip
         if b == per_round - 1:
+            plog._take_deferred()
             records = plog._records[layout]
             assert records is not None and len(records.by_rows[32].chunks) >= 3
             used = {id(c) for c in records.by_rows[32].chunks}
@@ -636,6 +638,7 @@ def test_a_batch_larger_than_a_buffer_finds_room_made_for_it(tmp_path: Path) -> 
         feed = {"numeric": np.full((32, rows), float(b))}
         outputs = {"label": np.full(rows, b, dtype=np.int64), "p": np.linspace(0, 1, rows)}
         plog.add_batch(layout, feed, outputs, [(f"r{b}", 0, rows)])
+        plog._take_deferred()
         records = plog._records[layout]
         assert records is not None
         record = records.by_rows[rows]
@@ -798,3 +801,39 @@ def test_steady_traffic_of_many_batch_sizes_makes_no_new_buffers(tmp_path: Path)
     plog._closing = False
     plog.flush()
     assert read_log("m", settings=home).num_rows == served
+
+
+def test_batches_held_for_a_later_append_are_neither_lost_nor_late(tmp_path: Path) -> None:
+    """The log holds a few batches before it appends them (see add_batch): fewer than that
+    are taken by the writer at its next gather, not left waiting for more traffic; each
+    row keeps the time it was answered, not the time it was appended; and closing the log
+    writes every one."""
+    from tandem.monitoring.predictions import _DEFER, GATHER_S, TIME
+
+    home = Settings(home=tmp_path)
+    layout = Layout("m", 1, ("x",), (), ("label",))
+    plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
+    plog.started.wait(30)
+
+    def batch(b: int) -> None:
+        feed = {"numeric": np.full((1, 2), float(b))}
+        plog.add_batch(layout, feed, {"label": np.full(2, b)}, [(f"r{b}", 0, 2)])
+
+    told = time.time()
+    batch(0)
+    time.sleep(0.3)
+    for b in range(1, _DEFER - 2):
+        batch(b)
+    deadline = time.monotonic() + 10 * GATHER_S
+    while plog._deferred and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not plog._deferred, "held batches waited for more traffic"
+    batch(_DEFER)  # told just before the close
+    plog.close()
+    got = read_log("m", settings=home)
+    assert got.column("__request_id").to_pylist() == [
+        f"r{b}" for b in [*range(_DEFER - 2), _DEFER] for _ in range(2)
+    ]
+    seconds = pa.compute.cast(got.column(TIME), pa.int64()).to_numpy() / 1e6
+    assert told - 0.05 <= seconds[0] <= told + 0.25  # its answer's time, 0.3 s before the rest
+    assert seconds[2] - seconds[0] >= 0.29
