@@ -19,7 +19,9 @@ servers, and each cell and kind runs two pairs (``--pairs``): a process keeps it
 all its rounds, and one pair once read CPU 0.925 for sampling 0.1 at W1/32/8 in all four of
 its rounds, where the run before read 0.980 and the two versions of the log, head to head
 for 12 rounds, 1.002. An **A/A pair** (the log off in both) shows what the method cannot
-resolve, process to process.
+resolve, process to process. Each pair warms up until its logging server has written its
+first file (the log's one-time start: see ``Pair.warm_up``); the warm-up's own CPU ratio is
+reported in a column of its own.
 
 Pairs per cell: off/off (A/A), off/sample 1 (ours, the default), off/sample 0.1. Models and
 bodies as bench_predlog: W1 and the 200-tree LightGBM model, one OIP body of 1 or 32 rows,
@@ -27,7 +29,7 @@ closed loop at 8 or 64 connections.
 
     PYTHONPATH=src python benchmarks/bench_predlog_paired.py [--pairs 2] [--rounds 3] [--seconds 4]
 
-(~11 min by default.) Needs wrk and taskset and 2 cores. Results also go to
+(~13 min by default.) Needs wrk and taskset and 2 cores. Results also go to
 ``benchmarks/out/bench_predlog_paired.json``.
 """
 
