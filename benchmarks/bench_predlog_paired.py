@@ -95,7 +95,7 @@ class _Logging:
     folder: Path
 
     def written(self) -> int:
-        """The log's files so far (hot and compacted: the server does not compact)."""
+        """The log's files so far (hot ones: a server never compacts its log)."""
         return len(list(self.folder.glob(f"*/date=*/*{HOT_SUFFIX}")))
 
 

@@ -724,6 +724,14 @@ def test_rows_that_come_while_a_full_log_writes_wait_for_the_next_write(tmp_path
     assert read_log("m", settings=home).num_rows == 1003
 
 
+def _stop_writer(plog: PredictionLog) -> None:
+    """Stop ``plog``'s writer thread, so that a test takes the writer's steps itself (its
+    gathers and writes); ``flush`` and ``close`` still write what waits."""
+    plog._closing = True
+    plog._wake.set()
+    plog._thread.join()
+
+
 def test_steady_writes_of_about_one_size_take_no_new_buffers(tmp_path: Path) -> None:
     """A server's log takes its writer's memory once: the column buffers are made for a
     write's rows and a quarter more, and the file buffer for its first file and a quarter
@@ -735,9 +743,7 @@ def test_steady_writes_of_about_one_size_take_no_new_buffers(tmp_path: Path) -> 
     layout = Layout("m", 1, tuple(f"x{k}" for k in range(32)), (), ("label",))
     flush_rows = 8192  # 2.2 MB a file: more than the file buffer's least size
     plog = PredictionLog("serve", LogOptions(flush_s=60, flush_rows=flush_rows), settings=home)
-    plog._closing = True  # the test takes the writer's steps itself
-    plog._wake.set()
-    plog._thread.join()
+    _stop_writer(plog)
     buffers = []
     served = 0
     for extra in (0, 32, 96):  # the rows a write holds beyond flush_rows
@@ -766,9 +772,7 @@ def test_steady_traffic_of_many_batch_sizes_makes_no_new_buffers(tmp_path: Path)
     home = Settings(home=tmp_path)
     layout = Layout("m", 1, tuple(f"x{k}" for k in range(32)), (), ("label",))
     plog = PredictionLog("serve", LogOptions(flush_s=60), settings=home)
-    plog._closing = True  # the test takes the writer's steps itself
-    plog._wake.set()
-    plog._thread.join()
+    _stop_writer(plog)
     every: list[io.BytesIO] = []  # held, so that no id is reused
     served = 0
 
@@ -798,7 +802,6 @@ def test_steady_traffic_of_many_batch_sizes_makes_no_new_buffers(tmp_path: Path)
     for p in range(8):
         period(400 if p % 2 else 120)  # every other gather an early one
         assert buffers() <= seen, f"period {p}: buffers made or grown"
-    plog._closing = False
     plog.flush()
     assert read_log("m", settings=home).num_rows == served
 

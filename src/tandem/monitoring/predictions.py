@@ -6,28 +6,28 @@ the whole history). A row holds the model's input columns, coerced as the model 
 (numbers as float64 with NaN for missing, categories as strings), its outputs, and the columns
 in :data:`RESERVED`: request id, row within the request, time, model version and source.
 
-**Off the request path.** The server logs a batch, not a request: once a batch of requests
-has run, its feed and decoded outputs (arrays the batcher made anyway) go to the log with the
+**Off the request path.** The server logs a batch, not a request: once a batch of requests has
+run, its feed and decoded outputs (arrays the batcher made anyway) go to the log with the
 batch's request ids and their row counts, one append under a lock for the whole batch, taken
 sixteen batches at a time so that the log's code runs with warm caches (see
-:meth:`PredictionLog.add_batch`); a logged request costs its share of that and nothing more. A model whose inputs and outputs
-are numbers (or fixed-width text) has the batch's arrays appended as bytes to a buffer for
-batches of that size (:class:`_Records`; only the logged requests' rows, copied out, when
-some of the batch is not logged), so they are freed at once, in the serving thread, whose
-next request reuses their memory; other models' batches (text inputs as objects, image or
-text statistics) are held as arrays. A writer thread gathers every :data:`GATHER_S` seconds: it reads each bytes buffer as a
-structured array and the held arrays one concatenation a column, copies both into its
-column buffers, and lets them go. (Held until the write, the arrays cost the serving core
-3 % more at one-row requests: fresh memory for every allocation; held until the gather, 1-2
-%. As bytes, the writer's cost a request fell from 2.7-5.7 to 1.2-3.3 µs and the server's
-CPU a request by 1-3 %: measured with two servers sharing one core, see
-``benchmarks/bench_predlog_paired.py``.) Every :attr:`LogOptions.flush_s` seconds (or
-sooner, once :attr:`LogOptions.flush_rows` rows wait) it makes one Arrow table per model version from views of its buffers and writes it as one
-Arrow IPC file, temp + rename, so a reader never sees half a file and a killed server loses
-at most the rows that waited. The buffers are kept from one write to the next: a steady
-server allocates nothing new for its log. When more than :attr:`LogOptions.max_queued_rows`
-wait (the disk cannot keep up), new rows are dropped and counted rather than let memory grow
-without bound.
+:meth:`PredictionLog.add_batch`); a logged request costs its share of that and nothing more. A
+model whose inputs and outputs are numbers (or fixed-width text) has the batch's arrays
+appended as bytes to a buffer for batches of that size (:class:`_Records`; only the logged
+requests' rows, copied out, when some of the batch is not logged), so they are freed at once,
+in the serving thread, whose next request reuses their memory; other models' batches (text
+inputs as objects, image or text statistics) are held as arrays. A writer thread gathers every
+:data:`GATHER_S` seconds: it reads each bytes buffer as a structured array and the held arrays
+one concatenation a column, copies both into its column buffers, and lets them go. (Held until
+the write, the arrays cost the serving core 3 % more at one-row requests: fresh memory for
+every allocation; held until the gather, 1-2 %. As bytes, the writer's cost a request fell from
+2.7-5.7 to 1.2-3.3 µs and the server's CPU a request by 1-3 %: measured with two servers
+sharing one core, see ``benchmarks/bench_predlog_paired.py``.) Every :attr:`LogOptions.flush_s`
+seconds (or sooner, once :attr:`LogOptions.flush_rows` rows wait) it makes one Arrow table per
+model version from views of its buffers and writes it as one Arrow IPC file, temp + rename, so
+a reader never sees half a file and a killed server loses at most the rows that waited. The
+buffers are kept from one write to the next: a steady server allocates nothing new for its log.
+When more than :attr:`LogOptions.max_queued_rows` wait (the disk cannot keep up), new rows are
+dropped and counted rather than let memory grow without bound.
 
 **Hot files, then Parquet.** The writer shares the serving core, so it writes the cheapest
 format: uncompressed Arrow IPC, measured at 0.4 µs a row of 40 columns against 1.6 for
@@ -215,6 +215,16 @@ class _Pending(_Rows):
     outputs: list[Mapping[str, np.ndarray]] = field(default_factory=list)
 
 
+#: a batch :meth:`PredictionLog.add_batch` holds: (layout, feed, outputs, answered, time)
+_Told = tuple[
+    Layout,
+    Mapping[str, np.ndarray],
+    Mapping[str, np.ndarray],
+    Sequence[tuple[str, int, int]],
+    float,
+]
+
+
 class PredictionLog:
     """Appends predictions to the log in a writer thread; see the module docstring.
 
@@ -241,9 +251,8 @@ class PredictionLog:
         self._records: dict[Layout, _Records | None] = {}
         #: record buffers read by the writer, for the next records, by size (see _next_chunk)
         self._spare: dict[int, list[io.BytesIO]] = {}
-        #: batches told of but not yet appended (see add_batch): (layout, feed, outputs,
-        #: answered, time)
-        self._deferred: deque[tuple[Any, ...]] = deque()
+        #: batches told of but not yet appended (see add_batch)
+        self._deferred: deque[_Told] = deque()
         #: of the last few gathers, how many buffers of each size each read (see _gather)
         self._read: deque[Counter[int]] = deque(maxlen=_SPARE_PERIODS)
         self._queued = 0
@@ -521,16 +530,16 @@ class PredictionLog:
         read = []
         for layout, taken in records:
             read += self._gathered_of(layout).take_records(*taken)
-        sizes = [_size(c) for c in read]
-        idle_sizes = [_size(c) for c in idle]
+        back = read + idle
+        sizes = [_size(c) for c in back]
         with self._lock:
             # their memory is faulted in: reused, never given back for new. Of each size,
             # as many are kept as a gather read at most lately (what a period takes: the
             # most, since a gather a write calls for comes early, with fewer), so the log
             # holds about one period's worth of bytes, however many sizes of batch the
             # traffic makes, and less once the traffic drops
-            self._read.append(Counter(sizes))
-            for chunk, size in zip([*read, *idle], [*sizes, *idle_sizes], strict=True):
+            self._read.append(Counter(sizes[: len(read)]))
+            for chunk, size in zip(back, sizes, strict=True):
                 self._spare.setdefault(size, []).append(chunk)
             for size, pool in self._spare.items():
                 del pool[max(c[size] for c in self._read) :]
@@ -703,7 +712,7 @@ class HotFiles:
         than the first must not take a new buffer (fresh pages: measured 40 ms of CPU for
         27 MB, at every server's second or third write)."""
         if self._buffer is None or len(self._buffer) < size:
-            old = 2 * len(self._buffer) if self._buffer is not None else size + size // 4
+            old = 2 * len(self._buffer) if self._buffer is not None else _with_room(size)
             self._buffer = mmap.mmap(-1, max(size, old, 1 << 20))
         return self._buffer
 
@@ -738,6 +747,13 @@ _CHUNK_MAX = 4 << 20
 _DEFER = 16
 #: the gathers whose most read buffers of a size are kept as spares of that size
 _SPARE_PERIODS = 4
+
+
+def _with_room(size: int) -> int:
+    """A buffer's first size for ``size`` (bytes or rows): a quarter more, since the writes
+    that follow the first are about its size, some a little larger (see HotFiles._room and
+    _Gathered._room)."""
+    return size + size // 4
 
 
 def _size(chunk: io.BytesIO) -> int:
@@ -922,7 +938,7 @@ class _Gathered(_Rows):
         if dtype.kind in "USO":  # text of any width: a fixed width would cut a longer label
             dtype = np.dtype(object)
         # not text: an object array's every slot is written (None) as it is made
-        first_size = 0 if dtype.kind == "O" else min(self.expect, _EXPECT_MAX) * 5 // 4
+        first_size = 0 if dtype.kind == "O" else _with_room(min(self.expect, _EXPECT_MAX))
         capacity = max(end, 2 * (buffer.shape[-1] if buffer is not None else 0), first_size, 1024)
         grown = np.empty((*first.shape[:-1], capacity), dtype)
         if buffer is not None and self.filled:
