@@ -72,6 +72,24 @@ def test_a_quiet_spell_of_single_rows_keeps_what_large_batches_taught() -> None:
     assert cost.per_row == pytest.approx(2e-6, rel=0.1)
 
 
+def test_one_held_up_batch_of_a_rare_size_does_not_tilt_the_line() -> None:
+    # what stuck a GBDT server on its worker: every size but one seen often, then the first
+    # one-row batch in a while waits 5 ms for the GIL; its bucket took 5 ms whole, the fitted
+    # line tilted flat and predicted 0.6 ms for every batch
+    cost = CostModel()
+    for _ in range(10):
+        for n in (2, 4, 8, 16, 32, 64, 128, 256):
+            cost.observe(n, 2e-6 * n + 50e-6)
+    cost.observe(1, 5e-3)
+    assert cost.per_row == pytest.approx(2e-6, rel=0.25)
+    assert cost.predict(1) < 0.25e-3
+    # a model that really became slower is still learned, within a few batches
+    for _ in range(30):
+        for n in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+            cost.observe(n, 10 * (2e-6 * n + 50e-6))
+    assert cost.predict(64) == pytest.approx(10 * (2e-6 * 64 + 50e-6), rel=0.2)
+
+
 def test_the_maximum_batch_is_what_fits_in_an_eighth_of_the_deadline() -> None:
     cost = CostModel()
     for n in (1, 100):
@@ -316,6 +334,39 @@ def test_drain_answers_everything_queued_then_refuses() -> None:
             batcher.submit(feed_of(np.ones((1, 1))), 1)
 
     run(main())
+
+
+def test_batches_go_back_inline_when_only_the_loop_made_the_worker_look_slow() -> None:
+    # On one core (inline_s 1 ms) a batch of 0.2 ms belongs on the loop's thread. A worker
+    # batch's wall time includes the wait for the busy loop to take its answer (here 4 ms
+    # each); learned as what the batch costs, it kept every later batch on the worker.
+    compute, _ = rowwise(fixed=0.0002)
+    threads: list[bool] = []
+
+    def traced(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return compute(feed)
+
+    async def busy_loop(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            time.sleep(0.004)  # the loop reading requests, as at 64 connections
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        batcher = Batcher(traced, BatcherConfig(max_batch=8, inline_s=0.001, timeout_s=30.0))
+        batcher.observe(1, 0.003)  # a warm-up on a machine busy elsewhere
+        stop = asyncio.Event()
+        noise = asyncio.create_task(busy_loop(stop))
+        for i in range(80):
+            out = await batcher.submit(feed_of(np.full((1, 1), i)), 1)
+            assert out["first"].tolist() == [float(i)]
+        stop.set()
+        await noise
+        await batcher.drain()
+
+    run(main())
+    assert not threads[0]  # the warm-up's 3 ms sent the first batch to the worker
+    assert all(threads[-20:]), threads  # and the compute times brought them back
 
 
 def test_run_now_computes_an_idle_request_at_once_and_then_lets_arrivals_batch() -> None:

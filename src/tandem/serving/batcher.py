@@ -17,7 +17,15 @@ the loop there anyway, it would only add switches). After an inline batch the lo
 I/O before the next one, so new arrivals join it.
 
 The maximum batch and the expected batch time come from :class:`CostModel`, a line
-t(n) = a·n + b fitted to the batches actually run (warm-up seeds it). It gives:
+t(n) = a·n + b fitted to the batches actually run (warm-up seeds it). There are two such
+lines. One learns each batch's wall time as a deadline sees it, hand-offs and a busy loop
+included; it gives what follows. The other learns only the compute, and decides whether a batch
+runs inline: a worker batch's wall time includes the wait until the loop, busy reading
+requests, gets round to it (3 ms at 64 connections here, whatever the batch), so a line of
+wall times, once above ``inline_s``, kept every batch on the worker and never learned
+otherwise (measured on one core: two GBDT servers in five got stuck so, their hand-offs
+costing up to 11 µs a request; none in six since the split).
+The wall-time line gives:
 
 * admission: the predicted wait of a new request (the running batch's remainder plus the
   queued rows, in maximum-size batches); a request that could not finish before its deadline
@@ -113,6 +121,10 @@ class TooLargeError(UsageError):
         self.status = status
 
 
+#: a batch time over this many times the cost model's prediction is taken as this bound
+OUTLIER = 4.0
+
+
 class CostModel:
     """t(n) = a·n + b, fitted to observed batch times.
 
@@ -143,9 +155,17 @@ class CostModel:
         return bool(self._buckets)
 
     def observe(self, rows: int, seconds: float) -> bool:
-        """Add one batch; True when the line was refitted (on a new bucket, else every 8th)."""
+        """Add one batch; True when the line was refitted (on a new bucket, else every 8th).
+
+        A time over :data:`OUTLIER` times the current prediction counts as that bound: a batch
+        the OS or another thread held up says nothing about the model, and a rare size's bucket
+        keeps what it is first told for a long while (one 5 ms time, a GIL wait, among 0.3 ms
+        batches tilted the line flat). A model that really slowed down is still learned, the
+        bound rising with each batch."""
         if rows < 1:
             return False
+        if self._buckets:
+            seconds = min(seconds, OUTLIER * self.predict(rows))
         key = rows.bit_length()
         bucket = self._buckets.get(key)
         self._pending += 1
@@ -263,7 +283,10 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.config = config or BatcherConfig()
+        #: batch wall times, for deadlines, admission and the maximum batch
         self.cost = CostModel()
+        #: batch compute times alone, for the choice to run a batch inline (see the module doc)
+        self.compute_cost = CostModel()
         self.name = name
         self._compute = compute
         self._on_batch = on_batch
@@ -292,14 +315,17 @@ class Batcher:
     def max_batch(self) -> int:
         return self._max_batch
 
-    def _record(self, rows: int, seconds: float) -> None:
-        """A batch that ran: teach the cost model, tell the metrics."""
-        self.observe(rows, seconds)
+    def _record(self, rows: int, seconds: float, compute_s: float | None = None) -> None:
+        """A batch that ran: teach the cost models, tell the metrics."""
+        self.observe(rows, seconds, compute_s)
         if self._on_batch is not None:
             self._on_batch(rows, seconds)
 
-    def observe(self, rows: int, seconds: float) -> None:
-        """Teach the cost model one batch's time (warm-up calls this too)."""
+    def observe(self, rows: int, seconds: float, compute_s: float | None = None) -> None:
+        """Teach the cost models one batch: ``seconds`` as a deadline saw it, ``compute_s``
+        the part spent computing (None: all of it, as inline and in warm-up, which calls
+        this too)."""
+        self.compute_cost.observe(rows, seconds if compute_s is None else compute_s)
         if self.cost.observe(rows, seconds) and self.config.max_batch is None:
             budget = self.config.timeout_s / 8
             self._max_batch = self.cost.best_batch(budget, limit=self.config.max_batch_limit)
@@ -376,7 +402,7 @@ class Batcher:
             return None
         if rows > self.config.max_queue_rows:
             return None  # submit refuses it, as it would on a busy model
-        predicted = self.cost.predict(rows)
+        predicted = self.compute_cost.predict(rows)
         if predicted >= self.inline_s or (
             deadline is not None and time.monotonic() + predicted > deadline
         ):
@@ -468,9 +494,9 @@ class Batcher:
         self._running_rows = rows
         self._running_since = now
         loop = asyncio.get_running_loop()
-        if cost.predict(rows) < self.inline_s:
+        if self.compute_cost.predict(rows) < self.inline_s:
             outputs, seconds, feed = self._run(chunks)
-            self._complete(chunks, outputs, seconds, feed)
+            self._complete(chunks, outputs, seconds, feed, seconds)
             # answer I/O before the next batch, so that what arrived meanwhile joins it
             loop.call_soon(self._next)
             return
@@ -509,13 +535,14 @@ class Batcher:
 
     def _finished(self, chunks: list[_Chunk], work: asyncio.Future[Any], started: float) -> None:
         feed: Feed = {}
+        compute_s = None
         try:
-            outputs, _, feed = work.result()
+            outputs, compute_s, feed = work.result()
         except BaseException as exc:  # the executor itself failed: fail the batch, go on
             outputs = [exc] * len(chunks)
-        # what a deadline sees is the batch's wall time, hand-offs and a shared core included,
-        # so that is what the cost model learns (not the compute time inside the thread)
-        self._complete(chunks, outputs, time.perf_counter() - started, feed)
+        # what a deadline sees is the batch's wall time, hand-offs and a shared core included;
+        # what running it inline would cost is the time inside the thread
+        self._complete(chunks, outputs, time.perf_counter() - started, feed, compute_s)
         self._next()
 
     def _next(self) -> None:
@@ -531,9 +558,10 @@ class Batcher:
         outputs: Outputs | list[Outputs | Exception],
         seconds: float,
         feed: Feed,
+        compute_s: float | None,
     ) -> None:
         try:
-            self._deliver_all(chunks, outputs, seconds, feed)
+            self._deliver_all(chunks, outputs, seconds, feed, compute_s)
         except Exception as exc:  # never leave a caller waiting, nor the batcher busy
             for c in chunks:
                 if not c.request.future.done():
@@ -545,6 +573,7 @@ class Batcher:
         outputs: Outputs | list[Outputs | Exception],
         seconds: float,
         feed: Feed,
+        compute_s: float | None,
     ) -> None:
         if isinstance(outputs, dict):
             offset = 0
@@ -559,7 +588,7 @@ class Batcher:
                     else:  # its first chunks ran in earlier batches
                         self._answered_whole(c.request, done)
                 offset += n
-            self._record(offset, seconds)
+            self._record(offset, seconds, compute_s)
             if tagged:
                 self._answered(feed, outputs, tagged)
         else:  # failed batches teach the cost model nothing
