@@ -291,6 +291,10 @@ def confirm(
     least cost (at most :data:`MAX_FINALISTS`), and the defaults when they met it: what a user
     gets without advice is always in the final comparison. A finalist's figures become those
     of its median-cost measurement, and it meets the objective only if it did every time.
+
+    When the finalists' medians come out dearer than a point measured once, that point would
+    be :func:`cheapest` on one measurement: it is measured ``rounds`` more times too, and so on
+    until the point :func:`cheapest` picks has been confirmed like the others.
     """
     meeting = [p for p in points if p.met_once and p.cost_per_million is not None]
     if rounds < 1 or not meeting:
@@ -301,22 +305,28 @@ def confirm(
     default = next((p for p in meeting if p.config == Config()), None)
     if default is not None and default not in finalists:
         finalists.append(default)
-    runs = {p.config: [p] for p in finalists}
-    for _ in range(rounds):
-        for p in finalists:
-            again = measure(p.config)
-            runs[p.config].append(again)
-            if on_point is not None:
-                on_point(again)
-    confirmed = []
-    for p in points:
-        if p.config not in runs:
-            confirmed.append(p)
-            continue
-        ms = sorted(runs[p.config], key=lambda m: m.cost_per_million or math.inf)
-        median = ms[len(ms) // 2]
-        confirmed.append(replace(median, rounds=len(ms), met_rounds=sum(m.met_once for m in ms)))
-    return confirmed
+    runs: dict[Config, list[Point]] = {}
+    pending = finalists
+    while True:
+        for p in pending:
+            runs[p.config] = [p]
+        for _ in range(rounds):
+            for p in pending:
+                again = measure(p.config)
+                runs[p.config].append(again)
+                if on_point is not None:
+                    on_point(again)
+        confirmed = [_median(runs[p.config]) if p.config in runs else p for p in points]
+        best = cheapest(confirmed)
+        if best is None or best.config in runs:  # ends: each turn confirms one point more
+            return confirmed
+        pending = [best]
+
+
+def _median(runs: Sequence[Point]) -> Point:
+    """One configuration's measurements as one: the median-cost one, with the rounds met."""
+    ms = sorted(runs, key=lambda m: m.cost_per_million or math.inf)
+    return replace(ms[len(ms) // 2], rounds=len(ms), met_rounds=sum(m.met_once for m in ms))
 
 
 # --- measuring -----------------------------------------------------------------------------
