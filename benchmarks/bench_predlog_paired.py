@@ -28,14 +28,16 @@ bodies as bench_predlog: W1 and the 200-tree LightGBM model, one OIP body of 1 o
 closed loop at 8 or 64 connections.
 
     PYTHONPATH=src python benchmarks/bench_predlog_paired.py [--pairs 2] [--rounds 3] [--seconds 4]
+    PYTHONPATH=src python benchmarks/bench_predlog_paired.py --pool run1.json run2.json ...
 
-(~13 min by default.) Needs wrk and taskset and 2 cores. Results also go to
+(~13 min by default; ``--pool`` measures nothing and reports saved runs as one.) Needs wrk and taskset and 2 cores. Results also go to
 ``benchmarks/out/bench_predlog_paired.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -203,29 +205,77 @@ def measure(
                     ]
                 finally:
                     pair.stop()
-            rps = [r[1]["requests"] / r[0]["requests"] for r in runs]
-            cpu = [r[0]["cpu_us_per_request"] / r[1]["cpu_us_per_request"] for r in runs]
-            cell["pairs"][name] = {
-                "sample": sample,
-                "throughput_ratio": median(rps),
-                "throughput_range": [min(rps), max(rps)],
-                "cpu_ratio": median(cpu),
-                "cpu_range": [min(cpu), max(cpu)],
-                "cpu_us_per_request_off": median([r[0]["cpu_us_per_request"] for r in runs]),
-                "cpu_us_per_request_on": median([r[1]["cpu_us_per_request"] for r in runs]),
-                # of which the serving (main) thread's; the rest, other threads (the writer)
-                "main_us_per_request_off": median([r[0]["main_us_per_request"] for r in runs]),
-                "main_us_per_request_on": median([r[1]["main_us_per_request"] for r in runs]),
-                # the warm-up's rounds: the log's one-time start included (see Pair.warm_up)
-                "warm_up_cpu_ratio": median(
-                    [r[0]["cpu_us_per_request"] / r[1]["cpu_us_per_request"] for r in start]
-                ),
-                "rss_mb_off": rss[0],
-                "rss_mb_on": rss[1],
-                "runs": runs,
-            }
+            warm = [r[0]["cpu_us_per_request"] / r[1]["cpu_us_per_request"] for r in start]
+            cell["pairs"][name] = summary(sample, runs, warm, rss)
         cells.append(cell)
     return cells
+
+
+def summary(
+    sample: str, runs: list[list[dict[str, float]]], warm_up: list[float], rss: list[float]
+) -> dict[str, Any]:
+    """One cell and kind: medians of its rounds' ratios (each round: [off, on])."""
+    rps = [r[1]["requests"] / r[0]["requests"] for r in runs]
+    cpu = [r[0]["cpu_us_per_request"] / r[1]["cpu_us_per_request"] for r in runs]
+    return {
+        "sample": sample,
+        "throughput_ratio": median(rps),
+        "throughput_range": [min(rps), max(rps)],
+        "cpu_ratio": median(cpu),
+        "cpu_range": [min(cpu), max(cpu)],
+        "cpu_us_per_request_off": median([r[0]["cpu_us_per_request"] for r in runs]),
+        "cpu_us_per_request_on": median([r[1]["cpu_us_per_request"] for r in runs]),
+        # of which the serving (main) thread's; the rest, other threads (the writer)
+        "main_us_per_request_off": median([r[0]["main_us_per_request"] for r in runs]),
+        "main_us_per_request_on": median([r[1]["main_us_per_request"] for r in runs]),
+        # the warm-up's rounds: the log's one-time start included (see Pair.warm_up)
+        "warm_up_cpu_ratio": median(warm_up),
+        "warm_up_cpu_ratios": warm_up,
+        "rss_mb_off": rss[0],
+        "rss_mb_on": rss[1],
+        "runs": runs,
+    }
+
+
+def pool(paths: list[Path]) -> dict[str, Any]:
+    """Earlier runs' results as one run: each cell's rounds, from all their pairs, together.
+
+    Why: a run has two pairs a cell, and a pair's own state (its memory's layout, the
+    batcher's choices) lasts its rounds, so a cell's figure scatters from run to run by about
+    a point (the A/A column shows it); the log's cost is measured closer by more pairs."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"cannot read {path}: {exc}; give results files of this script"
+            ) from None
+    for path, r in zip(paths, loaded, strict=True):
+        cells = [(c["model"], c["rows"], c["concurrency"]) for c in r.get("cells", [])]
+        if r.get("script") != SCRIPT or cells != [tuple(c) for c in CELLS]:
+            raise ValueError(f"{path} is not a full run of {SCRIPT} with this version's cells")
+    pooled = []
+    for k, (model, rows, c) in enumerate(CELLS):
+        cell: dict[str, Any] = {"model": model, "rows": rows, "concurrency": c, "pairs": {}}
+        for name, sample in PAIRS:
+            kinds = [r["cells"][k]["pairs"][name] for r in loaded]
+            cell["pairs"][name] = summary(
+                sample,
+                [run for x in kinds for run in x["runs"]],
+                [w for x in kinds for w in x.get("warm_up_cpu_ratios", [x["warm_up_cpu_ratio"]])],
+                [max(x["rss_mb_off"] for x in kinds), max(x["rss_mb_on"] for x in kinds)],
+            )
+        pooled.append(cell)
+    pairs = sum(r["settings"]["pairs_a_cell"] for r in loaded)
+    print(f"pooled: {len(loaded)} runs, {pairs} fresh pairs a cell and kind")
+    return {
+        "script": SCRIPT,
+        "goal_ratio": GOAL_RATIO,
+        "pooled_from": [str(p) for p in paths],
+        "settings": {**loaded[0]["settings"], "pairs_a_cell": pairs},
+        "cells": pooled,
+    }
 
 
 def report(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -280,10 +330,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=2, help="fresh pairs a cell and kind")
     parser.add_argument("--rounds", type=int, default=3, help="rounds a pair")
     parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument(
+        "--pool", type=Path, nargs="+", metavar="JSON",
+        help="measure nothing: report earlier runs' results files as one run of all their pairs",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.pool:
+        try:
+            results = pool(args.pool)
+        except ValueError as exc:
+            parser.error(str(exc))
+        results["goals"] = report(results["cells"])
+        save_results(f"{SCRIPT}_pooled", results, started)
+        return 0
     if load_test_unavailable():
         return 2
-    started = time.perf_counter()
     import tandem
 
     table, rows_eval = make_data(4000)

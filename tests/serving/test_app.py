@@ -97,6 +97,7 @@ def test_metrics_count_requests_rows_and_batches(mixed_server: Running) -> None:
     assert samples[("tandem_model_version", (("model", "mixed"),))] == 1
     assert samples[("tandem_ready", ())] == 1
     assert samples[("tandem_cost_per_row_seconds", (("model", "mixed"),))] > 0
+    assert samples[("tandem_compute_cost_per_row_seconds", (("model", "mixed"),))] > 0
     assert samples[("tandem_request_seconds_count", (("model", "mixed"),))] == 3
 
 

@@ -468,6 +468,8 @@ class App:
             m.max_batch.labels(name).set(b.max_batch)
             m.cost_per_row.labels(name).set(b.cost.per_row)
             m.cost_fixed.labels(name).set(b.cost.fixed)
+            m.compute_per_row.labels(name).set(b.compute_cost.per_row)
+            m.compute_fixed.labels(name).set(b.compute_cost.fixed)
 
 
 def _json(obj: Any) -> Response:

@@ -47,6 +47,16 @@ class ServerMetrics:
         self.cost_fixed = Gauge(
             "tandem_cost_fixed_seconds", "The cost model's b in t(n) = a·n + b.", ["model"], registry=r
         )  # fmt: skip
+        self.compute_per_row = Gauge(
+            "tandem_compute_cost_per_row_seconds",
+            "a of the line fitted to compute times alone, which decides inline batches.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.compute_fixed = Gauge(
+            "tandem_compute_cost_fixed_seconds",
+            "b of the line fitted to compute times alone, which decides inline batches.",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.version = Gauge(
             "tandem_model_version", "The registry version being served.", ["model"], registry=r
         )  # fmt: skip
