@@ -23,7 +23,7 @@ included; it gives what follows. The other learns only the compute, and decides 
 runs inline: a worker batch's wall time includes the wait until the loop, busy reading
 requests, gets round to it (3 ms at 64 connections here, whatever the batch), so a line of
 wall times, once above ``inline_s``, kept every batch on the worker and never learned
-otherwise (measured on one core: two GBDT servers in five got stuck so, their hand-offs
+otherwise (measured on one core: two logging GBDT servers in five got stuck so, their hand-offs
 costing up to 11 µs a request; none in six since the split).
 The wall-time line gives:
 
