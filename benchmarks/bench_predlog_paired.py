@@ -30,8 +30,8 @@ closed loop at 8 or 64 connections.
     PYTHONPATH=src python benchmarks/bench_predlog_paired.py [--pairs 2] [--rounds 3] [--seconds 4]
     PYTHONPATH=src python benchmarks/bench_predlog_paired.py --pool run1.json run2.json ...
 
-(~13 min by default; ``--pool`` measures nothing and reports saved runs as one.) Needs wrk and taskset and 2 cores. Results also go to
-``benchmarks/out/bench_predlog_paired.json``.
+(~13 min by default; ``--pool`` measures nothing and reports saved runs as one.) Needs wrk
+and taskset and 2 cores. Results also go to ``benchmarks/out/bench_predlog_paired.json``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +91,15 @@ def main_thread_cpu_seconds(pid: int) -> float:
 WARM_UP_S = 14
 
 
-@dataclass
-class _Logging:
-    folder: Path
+def written(folder: Path) -> bool:
+    """Whether the log under ``folder`` has written a file (a hot one: a server never
+    compacts its log)."""
+    return any(folder.glob(f"*/date=*/*{HOT_SUFFIX}"))
 
-    def written(self) -> int:
-        """The log's files so far (hot ones: a server never compacts its log)."""
-        return len(list(self.folder.glob(f"*/date=*/*{HOT_SUFFIX}")))
+
+def cpu_ratio(round_: list[dict[str, float]]) -> float:
+    """A round's CPU a request, off over on (each round: [off, on])."""
+    return round_[0]["cpu_us_per_request"] / round_[1]["cpu_us_per_request"]
 
 
 class Pair:
@@ -110,8 +111,8 @@ class Pair:
         log_dir = tmp / "logs"
         log_dir.mkdir(exist_ok=True)
         self.servers: list[Server] = []
-        #: the servers with the log on, and where each logs
-        self.logging: list[_Logging] = []
+        #: where each server with the log on logs
+        self.logging: list[Path] = []
         try:
             for k, sample in enumerate(samples):
                 home = tmp / f"home-{k}"
@@ -121,7 +122,7 @@ class Pair:
                 server = Server(log_spec(f"pair-{k}", sample, "paired"), env, log_dir)
                 self.servers.append(server)
                 if float(sample) > 0:
-                    self.logging.append(_Logging(home / "predictions"))
+                    self.logging.append(home / "predictions")
                 server.start()
         except BaseException:
             self.stop()
@@ -142,7 +143,7 @@ class Pair:
         deadline = time.monotonic() + WARM_UP_S
         while True:
             rounds.append(self.load(lua, model, c, 2))
-            if time.monotonic() >= deadline or all(s.written() for s in self.logging):
+            if time.monotonic() >= deadline or all(map(written, self.logging)):
                 return rounds
 
     def load(self, lua: Path, model: str, c: int, seconds: int) -> list[dict[str, float]]:
@@ -205,8 +206,7 @@ def measure(
                     ]
                 finally:
                     pair.stop()
-            warm = [r[0]["cpu_us_per_request"] / r[1]["cpu_us_per_request"] for r in start]
-            cell["pairs"][name] = summary(sample, runs, warm, rss)
+            cell["pairs"][name] = summary(sample, runs, [cpu_ratio(r) for r in start], rss)
         cells.append(cell)
     return cells
 
@@ -216,7 +216,7 @@ def summary(
 ) -> dict[str, Any]:
     """One cell and kind: medians of its rounds' ratios (each round: [off, on])."""
     rps = [r[1]["requests"] / r[0]["requests"] for r in runs]
-    cpu = [r[0]["cpu_us_per_request"] / r[1]["cpu_us_per_request"] for r in runs]
+    cpu = [cpu_ratio(r) for r in runs]
     return {
         "sample": sample,
         "throughput_ratio": median(rps),
@@ -253,7 +253,7 @@ def pool(paths: list[Path]) -> dict[str, Any]:
             ) from None
     for path, r in zip(paths, loaded, strict=True):
         cells = [(c["model"], c["rows"], c["concurrency"]) for c in r.get("cells", [])]
-        if r.get("script") != SCRIPT or cells != [tuple(c) for c in CELLS]:
+        if r.get("script") != SCRIPT or cells != list(CELLS):
             raise ValueError(f"{path} is not a full run of {SCRIPT} with this version's cells")
     pooled = []
     for k, (model, rows, c) in enumerate(CELLS):

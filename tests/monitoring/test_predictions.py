@@ -593,10 +593,7 @@ def test_the_logs_buffers_follow_its_traffic_not_its_batch_sizes(tmp_path: Path)
 
     def held() -> tuple[int, int]:
         """Bytes in the log's record buffers (the records' and the spares), and spares."""
-        chunks = [c for pool in plog._spare.values() for c in pool]
-        records = plog._records.get(layout)
-        if records is not None:
-            chunks += [c for r in records.by_rows.values() for c in r.chunks]
+        chunks = _record_buffers(plog, layout)
         spares = sum(map(len, plog._spare.values()))
         return sum(len(c.getbuffer()) for c in chunks), spares
 
@@ -724,6 +721,16 @@ def test_rows_that_come_while_a_full_log_writes_wait_for_the_next_write(tmp_path
     assert read_log("m", settings=home).num_rows == 1003
 
 
+def _record_buffers(plog: PredictionLog, layout: Layout) -> list[io.BytesIO]:
+    """Every bytes buffer the log holds for ``layout``'s records: the spares and the
+    records' own."""
+    chunks = [c for pool in plog._spare.values() for c in pool]
+    records = plog._records.get(layout)
+    if records is not None:
+        chunks += [c for r in records.by_rows.values() for c in r.chunks]
+    return chunks
+
+
 def _stop_writer(plog: PredictionLog) -> None:
     """Stop ``plog``'s writer thread, so that a test takes the writer's steps itself (its
     gathers and writes); ``flush`` and ``close`` still write what waits."""
@@ -789,10 +796,8 @@ def test_steady_traffic_of_many_batch_sizes_makes_no_new_buffers(tmp_path: Path)
 
     def buffers() -> set[tuple[int, int]]:
         """(identity, size) of every record buffer: the records' and the spares."""
-        records = plog._records[layout]
-        assert records is not None
-        chunks = [c for r in records.by_rows.values() for c in r.chunks]
-        chunks += [c for pool in plog._spare.values() for c in pool]
+        assert plog._records[layout] is not None
+        chunks = _record_buffers(plog, layout)
         every.extend(chunks)
         return {(id(c), len(c.getbuffer())) for c in chunks}
 
