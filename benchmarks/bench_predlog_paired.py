@@ -13,7 +13,9 @@ on a core of its own, a saturated server's throughput is its inverse, so this is
 capacity ratio), and how much of it the serving (main) thread spent, the rest being other
 threads' (the log's writer, and the batcher's worker where batches run off the event loop,
 as 32-row ones do at 64 connections), and each server's resident memory after its rounds
-(what the log holds: its buffers, and pyarrow's import of pandas). Each pair starts fresh
+(what the log holds: its buffers, and pyarrow's import of pandas), and the tail latency wrk
+saw (p99, on over off: what the writer's bursts on the shared core cost a request that waits
+behind them). Each pair starts fresh
 servers, and each cell and kind runs two pairs (``--pairs``): a process keeps its own state
 (the batcher's choice of running batches inline or on its worker, its memory's layout) for
 all its rounds, and one pair once read CPU 0.925 for sampling 0.1 at W1/32/8 in all four of
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -165,20 +168,51 @@ class Pair:
             (s.cpu_seconds(), main_thread_cpu_seconds(p))
             for s, p in zip(self.servers, pids, strict=True)
         ]
+        results = [wrk_result(code, stdout, stderr) for (stdout, stderr), code in outputs]
+        if any(
+            r["status"] or r["connect"] + r["read"] + r["write"] + r["timeout"] for r in results
+        ):
+            raise RuntimeError("wrk saw errors:\n" + self.state(model, results))
         out = []
-        for ((stdout, stderr), code), a, b in zip(outputs, before, after, strict=True):
-            r = wrk_result(code, stdout, stderr)
-            if r["status"] or r["connect"] + r["read"] + r["write"] + r["timeout"]:
-                raise RuntimeError(f"wrk saw errors: {r}")
+        for r, a, b in zip(results, before, after, strict=True):
             requests = max(int(r["requests"]), 1)
             out.append(
                 {
                     "requests": requests,
                     "cpu_us_per_request": (b[0] - a[0]) * 1e6 / requests,
                     "main_us_per_request": (b[1] - a[1]) * 1e6 / requests,
+                    "p50_us": float(r["p50_us"]),
+                    "p99_us": float(r["p99_us"]),
                 }
             )
         return out
+
+    def state(self, model: str, results: list[dict[str, Any]]) -> str:
+        """Each server's wrk figures, batcher state (from ``/metrics``) and log's tail: what
+        a round with errors needs to be told apart from a noisy neighbour."""
+        lines = []
+        for server, r in zip(self.servers, results, strict=True):
+            lines.append(f"{server.spec.key}: {r}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{server.port}/metrics", timeout=5
+                ) as answer:
+                    text = answer.read().decode()
+                lines += [
+                    f"  {line}"
+                    for line in text.splitlines()
+                    if f'model="{model}"' in line
+                    and line.startswith(("tandem_max_batch", "tandem_cost", "tandem_compute_cost"))
+                ]
+                lines += [
+                    f"  {line}"
+                    for line in text.splitlines()
+                    if line.startswith("tandem_requests_total")
+                ]
+            except OSError as exc:
+                lines.append(f"  /metrics: {exc}")
+            lines.append("  log: " + server.log_tail(800).replace("\n", "\n  "))
+        return "\n".join(lines)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -233,7 +267,22 @@ def summary(
         "warm_up_cpu_ratios": warm_up,
         "rss_mb_off": rss[0],
         "rss_mb_on": rss[1],
+        **latency(runs),
         "runs": runs,
+    }
+
+
+def latency(runs: list[list[dict[str, float]]]) -> dict[str, float]:
+    """The pair's tail latency: medians of its rounds' p50 and p99 (ms), and of the rounds'
+    p99 ratios, on over off; none for runs saved before they were recorded."""
+    if not runs or any("p99_us" not in s for r in runs for s in r):
+        return {}
+    return {
+        "p50_ms_off": median([r[0]["p50_us"] for r in runs]) / 1e3,
+        "p50_ms_on": median([r[1]["p50_us"] for r in runs]) / 1e3,
+        "p99_ms_off": median([r[0]["p99_us"] for r in runs]) / 1e3,
+        "p99_ms_on": median([r[1]["p99_us"] for r in runs]) / 1e3,
+        "p99_ratio": median([r[1]["p99_us"] / max(r[0]["p99_us"], 1.0) for r in runs]),
     }
 
 
@@ -294,13 +343,14 @@ def report(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         row += [f"{main:+.1f}", f"{other:+.1f}", f"{on['rss_mb_off']:.0f} → {on['rss_mb_on']:.0f}"]
         row += [f"{on['warm_up_cpu_ratio']:.3f}"]
+        row += [tail(on), tail(p["A/A"])]
         rows.append(row)
     headers = ["model", "rows", "c"]
     for name, _ in PAIRS:
         headers += [f"{name}: req/s ×off", "CPU off/on"]
     headers += [
         "log 1: CPU µs/req off → on", "of it: serving thread", "other threads", "RSS MB off → on",
-        "log 1: CPU off/on in warm-up",
+        "log 1: CPU off/on in warm-up", "log 1: p99 ms off → on (×)", "A/A: p99 (×)",
     ]  # fmt: skip
     print("\nPairs sharing one core, loaded at the same time (medians of rounds)\n")
     print(text_table(headers, rows))
@@ -323,6 +373,13 @@ def report(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = [[g["goal"], g["measured"], "met" if g["met"] else "MISSED"] for g in goals]
     print(text_table(["goal (both req/s and CPU)", "measured", "verdict"], rows))
     return goals
+
+
+def tail(kind: dict[str, Any]) -> str:
+    """A kind's p99, off → on, and the median of its rounds' ratios ("-" where not recorded)."""
+    if "p99_ratio" not in kind:
+        return "-"
+    return f"{kind['p99_ms_off']:.1f} → {kind['p99_ms_on']:.1f} ({kind['p99_ratio']:.2f})"
 
 
 def main(argv: list[str] | None = None) -> int:
