@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +59,10 @@ from bench_predlog import log_spec  # noqa: E402
 from bench_serving import (  # noqa: E402
     CLK_TCK,
     Server,
+    http_request,
     make_data,
     oip_body,
+    socket_errors,
     stat_fields,
     wrk_argv,
     wrk_result,
@@ -98,6 +99,11 @@ def written(folder: Path) -> bool:
     """Whether the log under ``folder`` has written a file (a hot one: a server never
     compacts its log)."""
     return any(folder.glob(f"*/date=*/*{HOT_SUFFIX}"))
+
+
+#: the /metrics families a round with errors prints, of the loaded model: the batcher's cost
+#: lines and maximum batch, and the requests it answered by status
+BATCHER_STATE = ("tandem_max_batch", "tandem_cost", "tandem_compute_cost", "tandem_requests_total")
 
 
 def cpu_ratio(round_: list[dict[str, float]]) -> float:
@@ -169,9 +175,7 @@ class Pair:
             for s, p in zip(self.servers, pids, strict=True)
         ]
         results = [wrk_result(code, stdout, stderr) for (stdout, stderr), code in outputs]
-        if any(
-            r["status"] or r["connect"] + r["read"] + r["write"] + r["timeout"] for r in results
-        ):
+        if any(r["status"] or socket_errors(r) for r in results):
             raise RuntimeError("wrk saw errors:\n" + self.state(model, results))
         out = []
         for r, a, b in zip(results, before, after, strict=True):
@@ -194,23 +198,15 @@ class Pair:
         for server, r in zip(self.servers, results, strict=True):
             lines.append(f"{server.spec.key}: {r}")
             try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{server.port}/metrics", timeout=5
-                ) as answer:
-                    text = answer.read().decode()
-                lines += [
-                    f"  {line}"
-                    for line in text.splitlines()
-                    if f'model="{model}"' in line
-                    and line.startswith(("tandem_max_batch", "tandem_cost", "tandem_compute_cost"))
-                ]
-                lines += [
-                    f"  {line}"
-                    for line in text.splitlines()
-                    if line.startswith("tandem_requests_total")
-                ]
+                _, raw = http_request(server.port, "GET", "/metrics")
             except OSError as exc:
                 lines.append(f"  /metrics: {exc}")
+            else:
+                lines += [
+                    f"  {line}"
+                    for line in raw.decode().splitlines()
+                    if line.startswith(BATCHER_STATE) and f'model="{model}"' in line
+                ]
             lines.append("  log: " + server.log_tail(800).replace("\n", "\n  "))
         return "\n".join(lines)
 

@@ -428,6 +428,11 @@ def wrk_result(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
     return result
 
 
+def socket_errors(r: dict[str, Any]) -> int:
+    """Connections wrk could not open, read, write or that timed out, in a :func:`wrk_result`."""
+    return int(r["connect"] + r["read"] + r["write"] + r["timeout"])
+
+
 def run_wrk(
     server: Server, model: str, lua: Path, connections: int, seconds: int
 ) -> dict[str, Any]:
@@ -447,7 +452,7 @@ def run_wrk(
         cpu = server.cpu_seconds() - cpu0
         busy = core_busy_seconds(SERVER_CORE) - busy0
         r = wrk_result(done.returncode, done.stdout, done.stderr)
-        errors = r["connect"] + r["read"] + r["write"] + r["timeout"] + r["status"]
+        errors = socket_errors(r) + r["status"]
         if r["requests"] > 0 or errors > 0 or attempts == 2:
             break
     requests = max(r["requests"], 1)
@@ -459,7 +464,7 @@ def run_wrk(
         "p99_ms": r["p99_us"] / 1e3,
         "max_ms": r["max_us"] / 1e3,
         "non_2xx": r["status"],
-        "socket_errors": r["connect"] + r["read"] + r["write"] + r["timeout"],
+        "socket_errors": socket_errors(r),
         "cpu_us_per_req": cpu * 1e6 / requests,
         "server_cpu_s": cpu,
         "other_cpu_on_server_core_s": max(busy - cpu, 0.0),

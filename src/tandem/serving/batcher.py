@@ -323,8 +323,8 @@ class Batcher:
 
     def observe(self, rows: int, seconds: float, compute_s: float | None = None) -> None:
         """Teach the cost models one batch: ``seconds`` as a deadline saw it, ``compute_s``
-        the part spent computing (None: all of it, as inline and in warm-up, which calls
-        this too)."""
+        the part spent computing (None: all of it, as for a batch run inline and in warm-up,
+        which calls this too)."""
         self.compute_cost.observe(rows, seconds if compute_s is None else compute_s)
         if self.cost.observe(rows, seconds) and self.config.max_batch is None:
             budget = self.config.timeout_s / 8
@@ -496,7 +496,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self.compute_cost.predict(rows) < self.inline_s:
             outputs, seconds, feed = self._run(chunks)
-            self._complete(chunks, outputs, seconds, feed, seconds)
+            self._complete(chunks, outputs, seconds, feed, None)
             # answer I/O before the next batch, so that what arrived meanwhile joins it
             loop.call_soon(self._next)
             return
